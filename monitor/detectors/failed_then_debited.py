@@ -1,0 +1,125 @@
+"""`failed_then_debited`: the ghost debit. The terminal said *failed*; the ledger debited anyway.
+
+Each debit is decided once the watermark passes `debit time + reversal_grace`: it is matched to a
+failed attempt (its own `txn_ref`, or for a manual debit with a fresh reference the latest
+unmatched failure with the same card, terminal and amount shortly before), and fires unless a
+reversal or refund came within the grace. Cases of one card at one terminal within
+`group_window` grow one alert instead of paging again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from monitor.alerts import Incident, alert_id, minutes, money, short_card
+from monitor.attempts import Attempt, Attempts
+from monitor.config import FailedThenDebited as Settings
+from monitor.config import us
+from monitor.events import Event
+from monitor.state import Expiring
+
+NAME: Final = "failed_then_debited"
+_FAILURE_WORDS = {"network_error": "a network error", "auth_declined": "a decline"}
+
+
+@dataclass(slots=True)
+class _Group:
+    first_t: int
+    incident: Incident
+    amounts: list[int]
+
+
+class FailedThenDebited:
+    def __init__(self, settings: Settings, *, cap: int, max_evidence: int) -> None:
+        self.settings = settings
+        self.grace = us(settings.reversal_grace)
+        self.window = us(settings.unlinked_window)
+        self.group_window = us(settings.group_window)
+        self.max_evidence = max_evidence
+        self._groups: Expiring[_Group] = Expiring(self.group_window, cap)
+
+    def deadline(self, debit: Event) -> int:
+        return debit.t + self.grace
+
+    def decide(self, debit: Event, attempts: Attempts) -> Incident | None:
+        """Take the decision for one debit (called in deadline order)."""
+        own = attempts.get(debit.txn_ref)
+        if own is not None and own.failed:
+            match: Attempt | None = own
+        elif own is not None and own.approved:
+            return None
+        else:
+            match = attempts.unlinked_match(debit, self.window)
+        if match is None:
+            return None
+        match.matched = True
+        deadline = debit.t + self.grace
+        if match.reversed_before(deadline) or (
+            own is not None and own is not match and own.reversed_before(deadline)
+        ):
+            return None
+        return self._record_case(match, debit)
+
+    def _record_case(self, attempt: Attempt, debit: Event) -> Incident:
+        failure = attempt.first_outcome
+        assert failure is not None
+        key = f"{attempt.card_id}\x1f{attempt.terminal_id}"
+        group = self._groups.get(key)
+        if group is None or debit.t - group.first_t > self.group_window:
+            incident = Incident(
+                alert_id=alert_id(NAME, attempt.card_id, attempt.terminal_id, attempt.txn_ref),
+                detector=NAME,
+                severity=self.settings.severity,
+                terminal_id=attempt.terminal_id,
+                merchant_id=attempt.merchant_id,
+                card_id=attempt.card_id,
+                first_seen=failure.t,
+                last_seen=debit.t,
+                max_evidence=self.max_evidence,
+                count=0,
+                details={
+                    "txn_ref": attempt.txn_ref,
+                    "currency": debit.currency,
+                    "reversal_grace_s": self.settings.reversal_grace,
+                    "cases": [],
+                },
+            )
+            group = _Group(debit.t, incident, [])
+            self._groups.put(key, debit.t, group)
+        incident = group.incident
+        incident.count += 1
+        incident.add_evidence(failure.t, failure.event_id)
+        incident.add_evidence(debit.t, debit.event_id)
+        group.amounts.append(debit.amount_minor)
+        cases = incident.details["cases"]
+        assert isinstance(cases, list)
+        cases.append(
+            {
+                "txn_ref": attempt.txn_ref,
+                "debit_txn_ref": debit.txn_ref,
+                "failure": failure.kind,
+                "response_code": failure.response_code,
+                "amount_minor": debit.amount_minor,
+                "linked": debit.txn_ref == attempt.txn_ref,
+            }
+        )
+        incident.details["debited_minor"] = sum(group.amounts)
+        incident.summary = self._summary(incident, group, failure, debit.currency)
+        return incident
+
+    def _summary(self, incident: Incident, group: _Group, failure: Event, currency: str) -> str:
+        amounts = group.amounts
+        if len(set(amounts)) == 1:
+            debited = f"{len(amounts)} x {money(amounts[0], currency)}"
+        else:
+            debited = f"{len(amounts)} times, {money(sum(amounts), currency)} in all,"
+        assert incident.card_id is not None
+        return (
+            f"Card {short_card(incident.card_id)} debited {debited} at terminal"
+            f" {incident.terminal_id} after {_FAILURE_WORDS.get(failure.kind, failure.kind)},"
+            f" no reversal after {minutes(self.settings.reversal_grace)}"
+        )
+
+    def expire(self, watermark: int) -> None:
+        self._groups.expire(watermark)

@@ -1,0 +1,226 @@
+"""The scorer: accepted events in, incidents out, on event time.
+
+For each event, in this order: drop a redelivered `event_id`, move the watermark (counting a
+late event), update the attempt it belongs to, and hand it to the detectors of its kind. After a
+batch, `advance` releases the held-back events the watermark has passed to the ordered
+detectors, takes every decision whose deadline it has passed, and sweeps expired state. Nothing
+here reads the clock; `close` ends the input (CONTRACT section 1).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Final
+
+from monitor.alerts import Alert, Incident
+from monitor.attempts import FAILURES, Attempt, Attempts
+from monitor.config import Policy, us
+from monitor.detectors.duplicate_debit import DuplicateDebit
+from monitor.detectors.failed_then_debited import FailedThenDebited
+from monitor.detectors.large_amount import LargeAmount
+from monitor.detectors.missing_reversal import MissingReversal
+from monitor.detectors.small_amount_burst import SmallAmountBurst
+from monitor.detectors.stale_preauth import StalePreauth
+from monitor.detectors.terminal_failure_spike import TerminalFailureSpike
+from monitor.events import Event
+from monitor.state import NEVER, Reorder, SeenIds, Timers, Watermark
+
+# Timer ranks: ties on one deadline are taken in this order, then by incident key.
+_FTD, _DUP, _MISSING, _STALE = 0, 1, 2, 3
+# Held-back events for the ordered detectors.
+_BURST, _SPIKE = 0, 1
+_SWEEP_EVERY_US: Final = 10_000_000
+
+
+class Scorer:
+    """Owns the event-time state of one stream (one partition group) and its detectors."""
+
+    def __init__(self, policy: Policy) -> None:
+        limits, d = policy.state, policy.detectors
+        self.lateness = us(policy.allowed_lateness)
+        self.watermark = Watermark(self.lateness)
+        self.seen = SeenIds(us(limits.dedup_horizon), limits.max_dedup_ids)
+        self.attempts = Attempts(us(limits.attempt_ttl), limits.max_attempts)
+        self.timers: Timers[object] = Timers()
+        self.held: Reorder[tuple[int, Event]] = Reorder()
+        evidence, cap = limits.max_evidence, limits.max_keys
+
+        self.ftd = (
+            FailedThenDebited(d.failed_then_debited, cap=cap, max_evidence=evidence)
+            if d.failed_then_debited.enabled
+            else None
+        )
+        self.dup = (
+            DuplicateDebit(d.duplicate_debit, max_evidence=evidence)
+            if d.duplicate_debit.enabled
+            else None
+        )
+        self.missing = (
+            MissingReversal(d.missing_reversal, max_evidence=evidence)
+            if d.missing_reversal.enabled
+            else None
+        )
+        self.burst = (
+            SmallAmountBurst(d.small_amount_burst, cap=cap, max_evidence=evidence)
+            if d.small_amount_burst.enabled
+            else None
+        )
+        self.spike = (
+            TerminalFailureSpike(d.terminal_failure_spike, cap=cap, max_evidence=evidence)
+            if d.terminal_failure_spike.enabled
+            else None
+        )
+        self.large = (
+            LargeAmount(
+                d.large_amount, ttl_us=us(limits.attempt_ttl), cap=cap, max_evidence=evidence
+            )
+            if d.large_amount.enabled
+            else None
+        )
+        self.stale = (
+            StalePreauth(d.stale_preauth, lateness_us=self.lateness, cap=cap, max_evidence=evidence)
+            if d.stale_preauth.enabled
+            else None
+        )
+        self.consumed: Counter[str] = Counter()
+        self.duplicates = 0
+        self.late = 0
+        self._changed: dict[str, Incident] = {}
+        self._last_sweep = NEVER
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            "auth_request": self._on_request,
+            "auth_approved": self._on_outcome,
+            "auth_declined": self._on_outcome,
+            "network_error": self._on_outcome,
+            "reversal": self._on_reversal,
+            "refund": self._on_refund,
+            "debit_posted": self._on_debit,
+            "preauth_hold": self._on_hold,
+            "preauth_release": self._on_hold_closed,
+            "preauth_completion": self._on_hold_closed,
+        }
+
+    # -- per event -------------------------------------------------------------------------
+
+    def process(self, ev: Event) -> None:
+        """Apply one accepted event. A redelivered `event_id` is counted and ignored."""
+        wm = self.watermark
+        if not self.seen.add(ev.event_id, wm.value):
+            self.duplicates += 1
+            return
+        self.consumed[ev.kind] += 1
+        if wm.observe(ev.t):
+            self.late += 1
+        self._handlers[ev.kind](ev)
+
+    def _on_request(self, ev: Event) -> None:
+        if self.large is not None:
+            self._grew(self.large.on_request(ev))
+        if self.burst is not None and self.burst.is_small(ev):
+            self.burst.record(ev)
+            self.held.push(ev.t, ev.event_id, (_BURST, ev))
+
+    def _on_outcome(self, ev: Event) -> None:
+        attempt = self.attempts.touch(ev)
+        attempt.on_outcome(ev)
+        if ev.kind in FAILURES:
+            self.attempts.index_failure(attempt, ev)
+        if self.spike is not None:
+            self.spike.record(ev)
+            if ev.kind == "network_error":
+                self.held.push(ev.t, ev.event_id, (_SPIKE, ev))
+        if self.missing is not None and attempt.first_error is ev:
+            self.timers.schedule(self.missing.deadline(attempt), _MISSING, ev.txn_ref, attempt)
+
+    def _on_reversal(self, ev: Event) -> None:
+        self.attempts.touch(ev).add_reversal(ev.t)
+
+    def _on_refund(self, ev: Event) -> None:
+        self.attempts.touch(ev).add_refund(ev.t)
+
+    def _on_debit(self, ev: Event) -> None:
+        attempt = self.attempts.touch(ev)
+        debits = attempt.add_debit(ev)
+        if self.ftd is not None:
+            self.timers.schedule(self.ftd.deadline(ev), _FTD, ev.event_id, ev)
+        if self.dup is not None:
+            for deadline in self.dup.deadlines(debits, ev):
+                self.timers.schedule(deadline, _DUP, ev.txn_ref, attempt)
+
+    def _on_hold(self, ev: Event) -> None:
+        if self.stale is not None:
+            deadline = self.stale.on_hold(ev)
+            if deadline is not None:
+                self.timers.schedule(deadline, _STALE, ev.txn_ref, ev.txn_ref)
+
+    def _on_hold_closed(self, ev: Event) -> None:
+        if self.stale is not None:
+            self.stale.on_close(ev)
+
+    # -- per batch -------------------------------------------------------------------------
+
+    def advance(self, *, closing: bool = False) -> None:
+        """Release held-back events and take the decisions the watermark has passed."""
+        wm = self.watermark.value
+        for _t, (which, ev) in self.held.release(wm, inclusive=closing):
+            if which == _BURST and self.burst is not None:
+                for incident in self.burst.release(ev):
+                    self._grew(incident)
+            elif which == _SPIKE and self.spike is not None:
+                self._grew(self.spike.release(ev))
+        for deadline, rank, payload in self.timers.due(wm):
+            self._grew(self._decide(rank, deadline, payload))
+        if closing or wm - self._last_sweep >= _SWEEP_EVERY_US:
+            self._sweep(wm)
+
+    def _decide(self, rank: int, deadline: int, payload: object) -> Incident | None:
+        if rank == _FTD and self.ftd is not None:
+            assert isinstance(payload, Event)
+            return self.ftd.decide(payload, self.attempts)
+        if rank == _DUP and self.dup is not None:
+            assert isinstance(payload, Attempt)
+            return self.dup.decide(payload, deadline)
+        if rank == _MISSING and self.missing is not None:
+            assert isinstance(payload, Attempt)
+            return self.missing.decide(payload)
+        if rank == _STALE and self.stale is not None:
+            assert isinstance(payload, str)
+            return self.stale.decide(payload, deadline)
+        return None
+
+    def _sweep(self, wm: int) -> None:
+        self._last_sweep = wm
+        self.attempts.expire(wm)
+        for detector in (self.ftd, self.large, self.stale):
+            if detector is not None:
+                detector.expire(wm)
+        for ordered in (self.burst, self.spike):
+            if ordered is not None:
+                ordered.sweep(wm, self.lateness)
+
+    def close(self) -> None:
+        """End of input: the watermark moves to the largest event time; due decisions are taken."""
+        self.watermark.close()
+        self.advance(closing=True)
+
+    def _grew(self, incident: Incident | None) -> None:
+        if incident is not None:
+            self._changed[incident.alert_id] = incident
+
+    def take_alerts(self) -> list[Alert]:
+        """The incidents opened or grown since the last call, as alerts (newest version only)."""
+        alerts = [incident.to_alert() for incident in self._changed.values()]
+        self._changed.clear()
+        return alerts
+
+    def state_sizes(self) -> dict[str, int]:
+        sizes = {
+            "attempts": len(self.attempts),
+            "dedup_ids": len(self.seen),
+            "timers": len(self.timers),
+            "held_back": len(self.held),
+        }
+        if self.stale is not None:
+            sizes["preauth_holds"] = len(self.stale)
+        return sizes

@@ -1,0 +1,246 @@
+"""Event-time state: the watermark, timers, dedup of redeliveries, and bounded keyed stores.
+
+Every store here has a horizon in event time and a hard cap, so memory depends on how many keys
+are active, not on how many events went by. Nothing here reads the wall clock: time is the
+watermark the caller passes in. Times are epoch microseconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+P = TypeVar("P")
+
+NEVER = -(2**62)
+
+
+class Watermark:
+    """The largest event time seen minus the allowed lateness. It never goes back."""
+
+    __slots__ = ("lateness", "max_t", "value")
+
+    def __init__(self, lateness_us: int) -> None:
+        self.lateness = lateness_us
+        self.max_t = NEVER
+        self.value = NEVER
+
+    def observe(self, t: int) -> bool:
+        """Account for an event at `t`; True when the event is late (older than the watermark)."""
+        if t > self.max_t:
+            self.max_t = t
+            self.value = t - self.lateness
+            return False
+        return t < self.value
+
+    def close(self) -> None:
+        """End of input: move the watermark to the largest event time (CONTRACT section 1)."""
+        if self.max_t != NEVER:
+            self.value = self.max_t
+
+
+class Timers(Generic[P]):
+    """Decisions waiting for the watermark to pass their deadline.
+
+    Due timers come out ordered by (deadline, rank, key): never by arrival order, so any
+    arrival order within the lateness takes the same decisions in the same order.
+    """
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str, int, P]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def schedule(self, deadline: int, rank: int, key: str, payload: P) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, rank, key, self._seq, payload))
+
+    def due(self, watermark: int) -> Iterator[tuple[int, int, P]]:
+        """Pop every timer whose deadline the watermark has passed: (deadline, rank, payload)."""
+        heap = self._heap
+        while heap and heap[0][0] < watermark:
+            deadline, rank, _key, _seq, payload = heapq.heappop(heap)
+            yield deadline, rank, payload
+
+
+class SeenIds:
+    """Remembers event ids for at least `horizon` of event time, in two generations.
+
+    A lookup checks the current and the previous generation; when the watermark has moved
+    `horizon` past the start of the current one, the previous is dropped. If the current
+    generation reaches `cap` ids it is rotated early and the ids it pushes out are counted.
+    """
+
+    __slots__ = ("_cap", "_current", "_horizon", "_previous", "_started", "evicted")
+
+    def __init__(self, horizon_us: int, cap: int) -> None:
+        self._horizon = horizon_us
+        self._cap = max(1, cap // 2)
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
+        self._started = NEVER
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+    def add(self, event_id: str, watermark: int) -> bool:
+        """Record `event_id`; False when it was already seen (a redelivery)."""
+        if event_id in self._current or event_id in self._previous:
+            return False
+        if self._started == NEVER:
+            self._started = watermark
+        elif watermark - self._started >= self._horizon or len(self._current) >= self._cap:
+            if len(self._current) >= self._cap:
+                self.evicted += len(self._previous)
+            self._previous = self._current
+            self._current = set()
+            self._started = watermark
+        self._current.add(event_id)
+        return True
+
+
+class Expiring(Generic[V]):
+    """A keyed store whose entries go once the watermark is `ttl` past their last use.
+
+    `touch` marks use; entries are checked for expiry in the order they were created, so a
+    sweep costs only the entries it removes or keeps alive. At `cap` entries the oldest go first,
+    counted in `evicted`.
+    """
+
+    __slots__ = ("_cap", "_entries", "_order", "_ttl", "evicted")
+
+    def __init__(self, ttl_us: int, cap: int) -> None:
+        self._ttl = ttl_us
+        self._cap = cap
+        self._entries: dict[str, tuple[V, list[int]]] = {}
+        self._order: deque[tuple[int, str]] = deque()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> V | None:
+        entry = self._entries.get(key)
+        return None if entry is None else entry[0]
+
+    def get_or_create(self, key: str, t: int, create: Callable[[], V]) -> V:
+        entry = self._entries.get(key)
+        if entry is None:
+            if len(self._entries) >= self._cap:
+                self._evict_oldest()
+            entry = (create(), [t])
+            self._entries[key] = entry
+            self._order.append((t, key))
+        elif t > entry[1][0]:
+            entry[1][0] = t
+        return entry[0]
+
+    def put(self, key: str, t: int, value: V) -> None:
+        """Store `value` under `key`, replacing any entry, as used at `t`."""
+        if key not in self._entries:
+            if len(self._entries) >= self._cap:
+                self._evict_oldest()
+            self._order.append((t, key))
+        self._entries[key] = (value, [t])
+
+    def values(self) -> Iterator[V]:
+        return (entry[0] for entry in self._entries.values())
+
+    def expire(self, watermark: int) -> None:
+        cutoff = watermark - self._ttl
+        order, entries = self._order, self._entries
+        while order and order[0][0] < cutoff:
+            _, key = order.popleft()
+            entry = entries.get(key)
+            if entry is None:
+                continue
+            last = entry[1][0]
+            if last < cutoff:
+                del entries[key]
+            else:
+                order.append((last, key))
+
+    def _evict_oldest(self) -> None:
+        while self._order:
+            _, key = self._order.popleft()
+            if self._entries.pop(key, None) is not None:
+                self.evicted += 1
+                return
+
+
+class Reorder(Generic[P]):
+    """Holds events back until the watermark passes them, then yields them in event-time order."""
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str, P]] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, t: int, event_id: str, payload: P) -> None:
+        heapq.heappush(self._heap, (t, event_id, payload))
+
+    def release(self, watermark: int, *, inclusive: bool = False) -> Iterator[tuple[int, P]]:
+        """Events strictly older than the watermark (or at it, once the input has ended)."""
+        heap = self._heap
+        while heap and (heap[0][0] < watermark or (inclusive and heap[0][0] == watermark)):
+            t, _event_id, payload = heapq.heappop(heap)
+            yield t, payload
+
+
+class WindowLog:
+    """Per key, the recent (time, event_id, flag) records, for counting over a time window.
+
+    Records are appended in arrival order and dropped from the front once older than the
+    sweep cutoff; counting filters by time, so arrival order does not change a count.
+    """
+
+    __slots__ = ("_cap", "_logs", "evicted")
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._logs: dict[str, deque[tuple[int, str, bool]]] = {}
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def append(self, key: str, t: int, event_id: str, flag: bool = False) -> None:
+        log = self._logs.get(key)
+        if log is None:
+            if len(self._logs) >= self._cap:
+                self._logs.pop(next(iter(self._logs)))
+                self.evicted += 1
+            log = self._logs[key] = deque()
+        log.append((t, event_id, flag))
+
+    def window(self, key: str, start: int, end: int) -> list[tuple[int, str, bool]]:
+        """Records with `start < t <= end`, sorted by (time, event_id)."""
+        log = self._logs.get(key)
+        if not log:
+            return []
+        return sorted(r for r in log if start < r[0] <= end)
+
+    def sweep(self, cutoff: int) -> None:
+        """Drop records older than `cutoff`, and keys left empty."""
+        empty = []
+        for key, log in self._logs.items():
+            while log and log[0][0] < cutoff:
+                log.popleft()
+            if not log:
+                empty.append(key)
+        for key in empty:
+            del self._logs[key]

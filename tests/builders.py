@@ -1,0 +1,68 @@
+"""Small builders for test events: readable tables of (kind, seconds, fields) become messages."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from monitor.alerts import Alert
+from monitor.config import Policy
+from monitor.pipeline import replay_messages
+from monitor.scoring import Scorer
+
+T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+_ids = itertools.count()
+
+
+def event(
+    kind: str,
+    at: float,
+    *,
+    ref: str = "R1",
+    card: str = "tok_card_0001",
+    terminal: str = "T-0001",
+    merchant: str = "M-01",
+    amount: int = 3500,
+    currency: str = "EUR",
+    event_id: str | None = None,
+    **extra: object,
+) -> dict[str, object]:
+    """One event `at` seconds after T0."""
+    body: dict[str, object] = {
+        "event_id": event_id or f"e{next(_ids):07d}",
+        "event_time": (T0 + timedelta(seconds=at)).isoformat(),
+        "kind": kind,
+        "terminal_id": terminal,
+        "merchant_id": merchant,
+        "card_id": card,
+        "txn_ref": ref,
+        "amount_minor": amount,
+        "currency": currency,
+    }
+    body.update(extra)
+    return body
+
+
+def encode(events: Iterable[dict[str, object]]) -> list[bytes]:
+    return [json.dumps(e).encode() for e in events]
+
+
+def tick(at: float, ref: str = "tick") -> dict[str, object]:
+    """An unrelated event that moves the watermark to `at` seconds."""
+    return event(
+        "auth_request", at, ref=f"{ref}-{at}", card="tok_clock_000", terminal="T-CLOCK", amount=9999
+    )
+
+
+def score(
+    events: Iterable[dict[str, object]], policy: Policy | None = None, batch_size: int = 1000
+) -> dict[str, Alert]:
+    """Replay events to the end; each alert id's final version."""
+    sink, _ = replay_messages(encode(events), Scorer(policy or Policy()), batch_size)
+    return sink.final_alerts()
+
+
+def by_detector(alerts: dict[str, Alert], detector: str) -> list[Alert]:
+    return [a for a in alerts.values() if a.detector == detector]

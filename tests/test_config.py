@@ -1,0 +1,75 @@
+"""The policy file: defaults are the contract's, unknown keys and bad values are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import Config, ConfigError, Policy, load_config
+
+
+def test_defaults_are_the_contracts() -> None:
+    p = Policy()
+    d = p.detectors
+    assert p.allowed_lateness == 120
+    assert d.failed_then_debited.reversal_grace == 15 * 60
+    assert d.failed_then_debited.unlinked_window == 30 * 60
+    assert d.failed_then_debited.group_window == 24 * 3600
+    assert d.failed_then_debited.severity == "critical"
+    assert d.duplicate_debit.severity == "critical"
+    assert d.missing_reversal.reversal_timeout == 120
+    assert (d.small_amount_burst.min_attempts, d.small_amount_burst.max_amount_minor) == (5, 500)
+    assert d.small_amount_burst.window == 600
+    assert d.small_amount_burst.terminal_min_attempts is None
+    assert (d.terminal_failure_spike.min_attempts, d.terminal_failure_spike.error_ratio) == (
+        10,
+        0.5,
+    )
+    assert d.terminal_failure_spike.window == 300
+    assert d.large_amount.large_amount_minor == 1_000_000
+    assert d.stale_preauth.timeout == 24 * 3600
+
+
+def test_durations_with_units(tmp_path: Path) -> None:
+    path = tmp_path / "posmon.yaml"
+    path.write_text(
+        "policy:\n  allowed_lateness: 90s\n"
+        "  detectors:\n    failed_then_debited:\n      reversal_grace: 20m\n"
+    )
+    config = load_config(path)
+    assert config.policy.allowed_lateness == 90
+    assert config.policy.detectors.failed_then_debited.reversal_grace == 1200
+
+
+def test_no_file_means_defaults() -> None:
+    assert load_config(None) == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("policy:\n  detectors:\n    failed_then_debitd: {}\n", "failed_then_debitd: unknown key"),
+        ("policy:\n  allowed_lateness: soon\n", "not a duration"),
+        (
+            "policy:\n  detectors:\n    terminal_failure_spike:\n      error_ratio: 2\n",
+            "error_ratio",
+        ),
+        ("policy:\n  detectors:\n    large_amount:\n      severity: loud\n", "severity"),
+        ("- a\n- list\n", "must be a mapping"),
+        ("policy: [\n", "not valid YAML"),
+        ("policy:\n  state:\n    attempt_ttl: 10m\n", "attempt_ttl"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "posmon.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
