@@ -116,7 +116,11 @@ class Attempts:
         return self.by_ref.get(txn_ref)
 
     def touch(self, ev: Event) -> Attempt:
-        return self.by_ref.get_or_create(ev.txn_ref, ev.t, lambda: Attempt(ev))
+        by_ref = self.by_ref
+        attempt = by_ref.touch(ev.txn_ref, ev.t)
+        if attempt is None:
+            attempt = by_ref.create(ev.txn_ref, ev.t, Attempt(ev))
+        return attempt
 
     def index_failure(self, attempt: Attempt, ev: Event) -> None:
         """Index a failed attempt for unlinked debits with the same card, terminal and amount."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Final, Literal, NamedTuple
+from typing import Annotated, Final, Literal, NamedTuple, NotRequired
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from typing_extensions import TypedDict
 
 Kind = Literal[
     "auth_request",
@@ -28,15 +29,24 @@ Kind = Literal[
 KINDS: Final[tuple[str, ...]] = Kind.__args__  # type: ignore[attr-defined]
 
 Id64 = Annotated[str, Field(min_length=1, max_length=64)]
+# RFC 3339 date-time with a mandatory offset. Checked by the validator's regex, then turned into
+# epoch microseconds by `datetime.fromisoformat`, which is cheaper than a validated datetime.
+RFC3339: Final = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
 
 
-class EventModel(BaseModel):
-    """The validated wire form of a terminal event; unknown fields are ignored."""
+@with_config(ConfigDict(extra="ignore", strict=True))
+class WireEvent(TypedDict):
+    """The validated wire form of a terminal event; unknown fields are ignored.
 
-    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+    A TypedDict rather than a model: validating into a dict costs a third less than building
+    a model instance, and the core copies the fields into `Event` anyway.
+    """
 
     event_id: Id64
-    event_time: AwareDatetime
+    event_time: Annotated[str, Field(pattern=RFC3339, json_schema_extra={"format": "date-time"})]
     kind: Kind
     terminal_id: Id64
     merchant_id: Id64
@@ -44,9 +54,9 @@ class EventModel(BaseModel):
     txn_ref: Id64
     amount_minor: Annotated[int, Field(ge=0)]
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-    response_code: Annotated[str, Field(pattern=r"^[0-9A-Z]{2}$")] | None = None
-    mcc: Annotated[str, Field(pattern=r"^[0-9]{4}$")] | None = None
-    source: Literal["terminal", "acquirer", "issuer", "ledger"] | None = None
+    response_code: NotRequired[Annotated[str, Field(pattern=r"^[0-9A-Z]{2}$")] | None]
+    mcc: NotRequired[Annotated[str, Field(pattern=r"^[0-9]{4}$")] | None]
+    source: NotRequired[Literal["terminal", "acquirer", "issuer", "ledger"] | None]
 
 
 class Event(NamedTuple):
@@ -80,10 +90,10 @@ class Rejection(NamedTuple):
         return {"reason": self.reason, "error": self.error, "raw": self.raw}
 
 
-_validate_json = EventModel.model_validate_json
-_NOT_JSON_ERRORS: Final = frozenset(
-    {"json_invalid", "json_type", "model_type", "model_attributes_type"}
-)
+_WIRE: Final = TypeAdapter(WireEvent)
+_validate_json = _WIRE.validator.validate_json  # the compiled validator, without the wrapper call
+_fromisoformat = datetime.fromisoformat
+_NOT_JSON_ERRORS: Final = frozenset({"json_invalid", "json_type", "dict_type", "model_type"})
 _GUARDED_FIELDS: Final = ("card_id", "txn_ref", "event_id", "terminal_id", "merchant_id")
 _new_event = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
 _DIGITS_AND_SEPARATORS: Final = "0123456789 -"
@@ -92,29 +102,47 @@ _DIGITS_AND_SEPARATORS: Final = "0123456789 -"
 def decode(raw: bytes) -> Event | Rejection:
     """Validate one message. Returns an `Event`, or a `Rejection` (never raises on bad input)."""
     try:
-        m = _validate_json(raw)
+        m: WireEvent = _validate_json(raw)
+        t = round(_fromisoformat(m["event_time"]).timestamp() * 1_000_000)
     except ValidationError as exc:
         return _reject(raw, exc)
-    fields = (m.card_id, m.txn_ref, m.event_id, m.terminal_id, m.merchant_id)
-    for name, value in zip(_GUARDED_FIELDS, fields, strict=True):
-        # Most identifiers hold a letter; only all-digit values need the full PAN check.
-        if not value.strip(_DIGITS_AND_SEPARATORS) and is_pan(value):
-            return Rejection("pan", f"{name} is a card number (PAN)", mask_pans(_text(raw)))
+    except ValueError as exc:  # matched the pattern but is no date (month 13, hour 25, ...)
+        return Rejection("schema", f"event_time: {mask_pans(str(exc))}", mask_pans(_text(raw)))
+    card, ref, eid, terminal, merchant = (
+        m["card_id"],
+        m["txn_ref"],
+        m["event_id"],
+        m["terminal_id"],
+        m["merchant_id"],
+    )
+    # A PAN has at least 13 digits, and identifiers nearly always hold a letter: only long
+    # values made of digits and separators alone need the full check.
+    ds = _DIGITS_AND_SEPARATORS
+    if (
+        (len(card) > 12 and not card.strip(ds))
+        or (len(ref) > 12 and not ref.strip(ds))
+        or (len(eid) > 12 and not eid.strip(ds))
+        or (len(terminal) > 12 and not terminal.strip(ds))
+        or (len(merchant) > 12 and not merchant.strip(ds))
+    ):
+        for name, value in zip(_GUARDED_FIELDS, (card, ref, eid, terminal, merchant), strict=True):
+            if is_pan(value):
+                return Rejection("pan", f"{name} is a card number (PAN)", mask_pans(_text(raw)))
     return _new_event(
         Event,
         (
-            m.event_id,
-            round(m.event_time.timestamp() * 1_000_000),
-            m.kind,
-            m.terminal_id,
-            m.merchant_id,
-            m.card_id,
-            m.txn_ref,
-            m.amount_minor,
-            m.currency,
-            m.response_code,
-            m.mcc,
-            m.source,
+            eid,
+            t,
+            m["kind"],
+            terminal,
+            merchant,
+            card,
+            ref,
+            m["amount_minor"],
+            m["currency"],
+            m.get("response_code"),
+            m.get("mcc"),
+            m.get("source"),
         ),
     )
 
@@ -197,4 +225,4 @@ def parse_time(text: str) -> int:
 
 
 def event_json_schema() -> dict[str, object]:
-    return EventModel.model_json_schema()
+    return _WIRE.json_schema()

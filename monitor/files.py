@@ -14,13 +14,15 @@ from monitor.events import Rejection
 
 
 def read_messages(path: str) -> Iterator[bytes]:
-    """The lines of a JSONL file (`-` for stdin) without line endings; blank lines are skipped."""
+    """The lines of a JSONL file (`-` for stdin) without line endings.
+
+    A blank line is passed on like any other: it is rejected (`not_json`) and lands in the dead
+    letters, because nothing read is dropped silently.
+    """
     stream: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     try:
         for line in stream:
-            message = line.rstrip(b"\r\n")
-            if message.strip():
-                yield message
+            yield line.rstrip(b"\r\n")
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Protocol
 
 from monitor.alerts import Alert
@@ -63,9 +64,10 @@ def score_batch(
     process = scorer.process
     for raw in messages:
         decoded = decode(raw)
-        if isinstance(decoded, Event):
+        if type(decoded) is Event:
             process(decoded)
         else:
+            assert isinstance(decoded, Rejection)
             rejected.append(decoded)
             stats.rejected[decoded.reason] += 1
     stats.messages += len(messages)
@@ -115,11 +117,7 @@ class MemorySource:
         self.committed = 0
 
     def poll(self) -> Batch | None:
-        batch: list[bytes] = []
-        for raw in self._messages:
-            batch.append(raw)
-            if len(batch) >= self._batch_size:
-                break
+        batch = list(islice(self._messages, self._batch_size))
         if not batch:
             return None
         return Batch(batch, self.committed + len(batch))

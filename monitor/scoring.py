@@ -24,13 +24,13 @@ from monitor.detectors.small_amount_burst import SmallAmountBurst
 from monitor.detectors.stale_preauth import StalePreauth
 from monitor.detectors.terminal_failure_spike import TerminalFailureSpike
 from monitor.events import Event
-from monitor.state import NEVER, Reorder, SeenIds, Timers, Watermark
+from monitor.state import NEVER, SeenIds, Timers, Watermark
 
 # Timer ranks: ties on one deadline are taken in this order, then by incident key.
 _FTD, _DUP, _MISSING, _STALE = 0, 1, 2, 3
-# Held-back events for the ordered detectors.
-_BURST, _SPIKE = 0, 1
-_SWEEP_EVERY_US: Final = 10_000_000
+# Expiry sweeps walk quiet keys; every five minutes of event time keeps that off the per-event
+# cost, and holds at most five minutes' worth of expired entries longer.
+_SWEEP_EVERY_US: Final = 300_000_000
 
 
 class Scorer:
@@ -43,7 +43,6 @@ class Scorer:
         self.seen = SeenIds(us(limits.dedup_horizon), limits.max_dedup_ids)
         self.attempts = Attempts(us(limits.attempt_ttl), limits.max_attempts)
         self.timers: Timers[object] = Timers()
-        self.held: Reorder[tuple[int, Event]] = Reorder()
         evidence, cap = limits.max_evidence, limits.max_keys
 
         self.ftd = (
@@ -62,12 +61,16 @@ class Scorer:
             else None
         )
         self.burst = (
-            SmallAmountBurst(d.small_amount_burst, cap=cap, max_evidence=evidence)
+            SmallAmountBurst(
+                d.small_amount_burst, lateness_us=self.lateness, cap=cap, max_evidence=evidence
+            )
             if d.small_amount_burst.enabled
             else None
         )
         self.spike = (
-            TerminalFailureSpike(d.terminal_failure_spike, cap=cap, max_evidence=evidence)
+            TerminalFailureSpike(
+                d.terminal_failure_spike, lateness_us=self.lateness, cap=cap, max_evidence=evidence
+            )
             if d.terminal_failure_spike.enabled
             else None
         )
@@ -83,23 +86,16 @@ class Scorer:
             if d.stale_preauth.enabled
             else None
         )
+        # Cheap pre-checks on the per-request path; the detectors make the real decision.
+        self._large_from = min(
+            [d.large_amount.large_amount_minor, *d.large_amount.per_currency.values()]
+        )
+        self._small_up_to = d.small_amount_burst.max_amount_minor
         self.consumed: Counter[str] = Counter()
         self.duplicates = 0
         self.late = 0
         self._changed: dict[str, Incident] = {}
         self._last_sweep = NEVER
-        self._handlers: dict[str, Callable[[Event], None]] = {
-            "auth_request": self._on_request,
-            "auth_approved": self._on_outcome,
-            "auth_declined": self._on_outcome,
-            "network_error": self._on_outcome,
-            "reversal": self._on_reversal,
-            "refund": self._on_refund,
-            "debit_posted": self._on_debit,
-            "preauth_hold": self._on_hold,
-            "preauth_release": self._on_hold_closed,
-            "preauth_completion": self._on_hold_closed,
-        }
 
     # -- per event -------------------------------------------------------------------------
 
@@ -109,17 +105,22 @@ class Scorer:
         if not self.seen.add(ev.event_id, wm.value):
             self.duplicates += 1
             return
-        self.consumed[ev.kind] += 1
-        if wm.observe(ev.t):
+        kind = ev.kind
+        self.consumed[kind] += 1
+        t = ev.t
+        if t > wm.max_t:  # Watermark.observe, inlined: this runs for every event
+            wm.max_t = t
+            wm.value = t - wm.lateness
+        elif t < wm.value:
             self.late += 1
-        self._handlers[ev.kind](ev)
+        _HANDLERS[kind](self, ev)
 
     def _on_request(self, ev: Event) -> None:
-        if self.large is not None:
+        amount = ev.amount_minor
+        if amount >= self._large_from and self.large is not None:
             self._grew(self.large.on_request(ev))
-        if self.burst is not None and self.burst.is_small(ev):
+        if amount <= self._small_up_to and self.burst is not None:
             self.burst.record(ev)
-            self.held.push(ev.t, ev.event_id, (_BURST, ev))
 
     def _on_outcome(self, ev: Event) -> None:
         attempt = self.attempts.touch(ev)
@@ -128,8 +129,6 @@ class Scorer:
             self.attempts.index_failure(attempt, ev)
         if self.spike is not None:
             self.spike.record(ev)
-            if ev.kind == "network_error":
-                self.held.push(ev.t, ev.event_id, (_SPIKE, ev))
         if self.missing is not None and attempt.first_error is ev:
             self.timers.schedule(self.missing.deadline(attempt), _MISSING, ev.txn_ref, attempt)
 
@@ -142,11 +141,22 @@ class Scorer:
     def _on_debit(self, ev: Event) -> None:
         attempt = self.attempts.touch(ev)
         debits = attempt.add_debit(ev)
-        if self.ftd is not None:
+        if self.ftd is not None and not self._settled_approved(attempt):
             self.timers.schedule(self.ftd.deadline(ev), _FTD, ev.event_id, ev)
-        if self.dup is not None:
+        if len(debits) > 1 and self.dup is not None:
             for deadline in self.dup.deadlines(debits, ev):
                 self.timers.schedule(deadline, _DUP, ev.txn_ref, attempt)
+
+    def _settled_approved(self, attempt: Attempt) -> bool:
+        """True when the attempt's first outcome is an approval no on-time event can precede.
+
+        The debit of such an attempt can never be a ghost debit, so it needs no decision: this
+        spares the timer of nearly every debit in normal traffic.
+        """
+        first = attempt.first_outcome
+        return (
+            first is not None and first.kind == "auth_approved" and first.t < self.watermark.value
+        )
 
     def _on_hold(self, ev: Event) -> None:
         if self.stale is not None:
@@ -163,12 +173,11 @@ class Scorer:
     def advance(self, *, closing: bool = False) -> None:
         """Release held-back events and take the decisions the watermark has passed."""
         wm = self.watermark.value
-        for _t, (which, ev) in self.held.release(wm, inclusive=closing):
-            if which == _BURST and self.burst is not None:
-                for incident in self.burst.release(ev):
+        for ordered in (self.burst, self.spike):
+            if ordered is not None:
+                for incident in ordered.release(wm, inclusive=closing):
                     self._grew(incident)
-            elif which == _SPIKE and self.spike is not None:
-                self._grew(self.spike.release(ev))
+                ordered.advance(wm)
         for deadline, rank, payload in self.timers.due(wm):
             self._grew(self._decide(rank, deadline, payload))
         if closing or wm - self._last_sweep >= _SWEEP_EVERY_US:
@@ -197,7 +206,7 @@ class Scorer:
                 detector.expire(wm)
         for ordered in (self.burst, self.spike):
             if ordered is not None:
-                ordered.sweep(wm, self.lateness)
+                ordered.sweep(wm)
 
     def close(self) -> None:
         """End of input: the watermark moves to the largest event time; due decisions are taken."""
@@ -219,8 +228,24 @@ class Scorer:
             "attempts": len(self.attempts),
             "dedup_ids": len(self.seen),
             "timers": len(self.timers),
-            "held_back": len(self.held),
+            "held_back": sum(len(d) for d in (self.burst, self.spike) if d is not None),
         }
         if self.stale is not None:
             sizes["preauth_holds"] = len(self.stale)
         return sizes
+
+
+# Kind -> handler, as plain functions: bound methods stored on the scorer would make it a
+# reference cycle, and the CLI runs without the cycle collector (see cli._tune_gc).
+_HANDLERS: Final[dict[str, Callable[[Scorer, Event], None]]] = {
+    "auth_request": Scorer._on_request,
+    "auth_approved": Scorer._on_outcome,
+    "auth_declined": Scorer._on_outcome,
+    "network_error": Scorer._on_outcome,
+    "reversal": Scorer._on_reversal,
+    "refund": Scorer._on_refund,
+    "debit_posted": Scorer._on_debit,
+    "preauth_hold": Scorer._on_hold,
+    "preauth_release": Scorer._on_hold_closed,
+    "preauth_completion": Scorer._on_hold_closed,
+}

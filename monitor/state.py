@@ -78,14 +78,14 @@ class SeenIds:
     generation reaches `cap` ids it is rotated early and the ids it pushes out are counted.
     """
 
-    __slots__ = ("_cap", "_current", "_horizon", "_previous", "_started", "evicted")
+    __slots__ = ("_cap", "_current", "_horizon", "_previous", "_rotate_at", "evicted")
 
     def __init__(self, horizon_us: int, cap: int) -> None:
         self._horizon = horizon_us
         self._cap = max(1, cap // 2)
         self._current: set[str] = set()
         self._previous: set[str] = set()
-        self._started = NEVER
+        self._rotate_at = NEVER
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -93,18 +93,21 @@ class SeenIds:
 
     def add(self, event_id: str, watermark: int) -> bool:
         """Record `event_id`; False when it was already seen (a redelivery)."""
-        if event_id in self._current or event_id in self._previous:
+        current = self._current
+        if event_id in current or event_id in self._previous:
             return False
-        if self._started == NEVER:
-            self._started = watermark
-        elif watermark - self._started >= self._horizon or len(self._current) >= self._cap:
-            if len(self._current) >= self._cap:
-                self.evicted += len(self._previous)
-            self._previous = self._current
-            self._current = set()
-            self._started = watermark
-        self._current.add(event_id)
+        if watermark >= self._rotate_at or len(current) >= self._cap:
+            current = self._rotate(watermark)
+        current.add(event_id)
         return True
+
+    def _rotate(self, watermark: int) -> set[str]:
+        if len(self._current) >= self._cap:
+            self.evicted += len(self._previous)
+        self._previous = self._current
+        self._current = set()
+        self._rotate_at = watermark + self._horizon
+        return self._current
 
 
 class Expiring(Generic[V]):
@@ -136,14 +139,29 @@ class Expiring(Generic[V]):
 
     def get_or_create(self, key: str, t: int, create: Callable[[], V]) -> V:
         entry = self._entries.get(key)
+        if entry is not None:
+            last = entry[1]
+            if t > last[0]:
+                last[0] = t
+            return entry[0]
+        return self.create(key, t, create())
+
+    def create(self, key: str, t: int, value: V) -> V:
+        """Store a new entry under `key` (which must be absent)."""
+        if len(self._entries) >= self._cap:
+            self._evict_oldest()
+        self._entries[key] = (value, [t])
+        self._order.append((t, key))
+        return value
+
+    def touch(self, key: str, t: int) -> V | None:
+        """The entry under `key`, marked as used at `t`; None when absent."""
+        entry = self._entries.get(key)
         if entry is None:
-            if len(self._entries) >= self._cap:
-                self._evict_oldest()
-            entry = (create(), [t])
-            self._entries[key] = entry
-            self._order.append((t, key))
-        elif t > entry[1][0]:
-            entry[1][0] = t
+            return None
+        last = entry[1]
+        if t > last[0]:
+            last[0] = t
         return entry[0]
 
     def put(self, key: str, t: int, value: V) -> None:
@@ -193,49 +211,63 @@ class Reorder(Generic[P]):
     def push(self, t: int, event_id: str, payload: P) -> None:
         heapq.heappush(self._heap, (t, event_id, payload))
 
-    def release(self, watermark: int, *, inclusive: bool = False) -> Iterator[tuple[int, P]]:
-        """Events strictly older than the watermark (or at it, once the input has ended)."""
+    def release(self, watermark: int, *, inclusive: bool = False) -> Iterator[tuple[int, str, P]]:
+        """Events strictly older than the watermark (or at it, once the input has ended), as
+        (time, event_id, payload) in (time, event_id) order."""
         heap = self._heap
         while heap and (heap[0][0] < watermark or (inclusive and heap[0][0] == watermark)):
-            t, _event_id, payload = heapq.heappop(heap)
-            yield t, payload
+            yield heapq.heappop(heap)
 
 
-class WindowLog:
-    """Per key, the recent (time, event_id, flag) records, for counting over a time window.
+class WindowLog(Generic[P]):
+    """Per key, the recent (time, event_id, payload) records, for counting over a time window.
 
-    Records are appended in arrival order and dropped from the front once older than the
-    sweep cutoff; counting filters by time, so arrival order does not change a count.
+    Records are appended in arrival order. After `advance(watermark)` (called once the events
+    the watermark passed were released), no event still to be counted is older than that
+    watermark, so records older than `watermark - keep` can go: a key's log drops them whenever a
+    record is appended to it, and `sweep` drops them for keys that went quiet. Counting filters
+    by time, so arrival order does not change a count. `keep` must cover the window.
     """
 
-    __slots__ = ("_cap", "_logs", "evicted")
+    __slots__ = ("_cap", "_cutoff", "_keep", "_logs", "evicted")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, keep_us: int, cap: int) -> None:
+        self._keep = keep_us
+        self._cutoff = NEVER
         self._cap = cap
-        self._logs: dict[str, deque[tuple[int, str, bool]]] = {}
+        self._logs: dict[str, deque[tuple[int, str, P]]] = {}
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._logs)
 
-    def append(self, key: str, t: int, event_id: str, flag: bool = False) -> None:
+    def append(self, key: str, t: int, event_id: str, payload: P) -> None:
         log = self._logs.get(key)
         if log is None:
             if len(self._logs) >= self._cap:
                 self._logs.pop(next(iter(self._logs)))
                 self.evicted += 1
             log = self._logs[key] = deque()
-        log.append((t, event_id, flag))
+        else:
+            cutoff = self._cutoff
+            while log and log[0][0] < cutoff:
+                log.popleft()
+        log.append((t, event_id, payload))
 
-    def window(self, key: str, start: int, end: int) -> list[tuple[int, str, bool]]:
+    def window(self, key: str, start: int, end: int) -> list[tuple[int, str, P]]:
         """Records with `start < t <= end`, sorted by (time, event_id)."""
         log = self._logs.get(key)
         if not log:
             return []
         return sorted(r for r in log if start < r[0] <= end)
 
-    def sweep(self, cutoff: int) -> None:
-        """Drop records older than `cutoff`, and keys left empty."""
+    def advance(self, watermark: int) -> None:
+        """Every event older than `watermark` has been counted."""
+        self._cutoff = watermark - self._keep
+
+    def sweep(self) -> None:
+        """Drop the old records of keys that went quiet, and the keys left empty."""
+        cutoff = self._cutoff
         empty = []
         for key, log in self._logs.items():
             while log and log[0][0] < cutoff:

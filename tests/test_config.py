@@ -73,3 +73,8 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, message: str) -
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_example_config_is_valid_and_states_the_defaults() -> None:
+    example = Path(__file__).parent.parent / "config" / "posmon.example.yaml"
+    assert load_config(example) == Config()

@@ -199,6 +199,18 @@ DUPLICATE_DEBIT: list[Case] = [
         {"duplicate_debit": [3]},
     ),
     (
+        "a third debit after the first decision: three debits, one reversal, still one too many",
+        [
+            *_attempt("R1", 0, "auth_approved"),
+            event("debit_posted", 60, ref="R1"),
+            event("debit_posted", 400, ref="R1"),
+            event("reversal", 900, ref="R1"),
+            event("debit_posted", 1900, ref="R1"),
+            tick(2 * H),
+        ],
+        {"duplicate_debit": [3]},
+    ),
+    (
         "a single debit",
         [*_attempt("R1", 0, "auth_approved"), event("debit_posted", 60, ref="R1"), tick(2 * H)],
         {},
@@ -270,6 +282,14 @@ SMALL_AMOUNT_BURST: list[Case] = [
         {"small_amount_burst": [5, 6]},
     ),
     (
+        "an attempt that did not qualify on its own joins the burst with the next one",
+        # 700 s: four small attempts in its window, not enough on its own; 710 s: five again.
+        [_small(f"S{i}", i * 60) for i in range(5)]
+        + [_small("S5", 700), _small("S6", 710)]
+        + [tick(H)],
+        {"small_amount_burst": [7]},
+    ),
+    (
         "five small attempts by five cards at one terminal: off by default",
         [_small(f"S{i}", i * 60, card=f"tok_many_{i:04d}") for i in range(6)] + [tick(H)],
         {},
@@ -309,6 +329,41 @@ TERMINAL_FAILURE_SPIKE: list[Case] = [
         ]
         + [tick(H)],
         {},
+    ),
+    (
+        "the tenth attempt, a decline, completes the spike",
+        [
+            *[
+                e
+                for i in range(4)
+                for e in _attempt(f"A{i}", i * 10, "auth_approved", card=f"tok_a{i:08d}")
+            ],
+            *[
+                e
+                for i in range(5)
+                for e in [
+                    *_attempt(f"N{i}", 50 + i * 10, "network_error", card=f"tok_n{i:08d}"),
+                    event("reversal", 55 + i * 10, ref=f"N{i}", card=f"tok_n{i:08d}"),
+                ]
+            ],
+            *_attempt("D0", 120, "auth_declined", card="tok_d00000000"),
+            tick(H),
+        ],
+        {"terminal_failure_spike": [5]},
+    ),
+    (
+        "two outages an hour apart: two spikes",
+        [
+            e
+            for start in (0, H)
+            for i in range(10)
+            for e in [
+                *_attempt(f"N{start}-{i}", start + i * 10, "network_error", card=f"tok_n{i:08d}"),
+                event("reversal", start + i * 10 + 5, ref=f"N{start}-{i}", card=f"tok_n{i:08d}"),
+            ]
+        ]
+        + [tick(3 * H)],
+        {"terminal_failure_spike": [10, 10]},
     ),
     (
         "nine attempts, all network errors: too few",

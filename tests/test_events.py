@@ -35,6 +35,12 @@ def test_contract_example_is_accepted() -> None:
     assert ev.t == 1_793_620_800_000_000  # 2026-11-02T12:00:00Z in epoch microseconds
 
 
+def test_utc_designator_and_fractions() -> None:
+    ev = decode(_with(event_time="2026-11-02T12:00:00.000123Z"))
+    assert isinstance(ev, Event)
+    assert ev.t == 1_793_620_800_000_123
+
+
 def test_offsets_are_honoured() -> None:
     ev = decode(_with(event_time="2026-11-02T13:00:00+01:00"))
     assert isinstance(ev, Event)
@@ -60,6 +66,9 @@ def test_offsets_are_honoured() -> None:
         (_with(event_time="2026-11-02T12:00:00"), "schema"),
         (_with(event_time=1793620800), "schema"),
         (_with(event_time="yesterday"), "schema"),
+        (_with(event_time="2026-13-02T12:00:00+00:00"), "schema"),
+        (_with(event_time="2026-11-02T25:00:00+00:00"), "schema"),
+        (_with(event_time="2026-11-02"), "schema"),
         (_with(card_id="short"), "schema"),
         (_with(event_id=""), "schema"),
         (_with(event_id="x" * 65), "schema"),

@@ -65,10 +65,11 @@ class DuplicateDebit:
             "currency": first.currency,
             "reversal_grace_s": self.settings.reversal_grace,
         }
+        given = "none" if given_back == 0 else str(given_back)
         incident.summary = (
             f"Card {short_card(first.card_id)} debited {len(debits)} times"
-            f" ({money(total, first.currency)} in all) for one purchase {attempt.txn_ref} at"
-            f" terminal {first.terminal_id}, {given_back} given back after"
+            f" ({money(total, first.currency)} in all) for one purchase (ref {attempt.txn_ref})"
+            f" at terminal {first.terminal_id}, {given} given back after"
             f" {minutes(self.settings.reversal_grace)}"
         )
         return incident

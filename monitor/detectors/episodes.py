@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from monitor.alerts import Incident
 from monitor.state import Expiring
+
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -34,9 +37,9 @@ class Episodes:
         self,
         key: str,
         t: int,
-        records: list[tuple[int, str, bool]],
-        open_incident: Callable[[tuple[int, str, bool]], Incident],
-    ) -> tuple[Incident, list[tuple[int, str, bool]]]:
+        records: list[tuple[int, str, R]],
+        open_incident: Callable[[tuple[int, str, R]], Incident],
+    ) -> tuple[Incident, list[tuple[int, str, R]]]:
         """A qualifying event at `t` with its window's `records` (sorted); returns the incident
         and the records newly added to it as evidence."""
         episode = self._open.get(key)

@@ -6,6 +6,7 @@ rule counts a terminal's small attempts the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 from monitor.alerts import Incident, alert_id, minutes, money, short_card
@@ -13,62 +14,65 @@ from monitor.config import SmallAmountBurst as Settings
 from monitor.config import us
 from monitor.detectors.episodes import Episodes
 from monitor.events import Event
-from monitor.state import WindowLog
+from monitor.state import Reorder, WindowLog
 
 NAME: Final = "small_amount_burst"
 
 
 class SmallAmountBurst:
-    def __init__(self, settings: Settings, *, cap: int, max_evidence: int) -> None:
+    def __init__(
+        self, settings: Settings, *, lateness_us: int, cap: int, max_evidence: int
+    ) -> None:
         self.settings = settings
         self.window = us(settings.window)
         self.max_evidence = max_evidence
-        self._cards = WindowLog(cap)
+        keep = self.window + lateness_us
+        self._held: Reorder[Event] = Reorder()
+        self._cards: WindowLog[Event] = WindowLog(keep, cap)
         self._card_episodes = Episodes(self.window, cap)
-        self._terminals = WindowLog(cap)
+        self._terminals: WindowLog[Event] = WindowLog(keep, cap)
         self._terminal_episodes = Episodes(self.window, cap)
 
-    def is_small(self, ev: Event) -> bool:
-        return ev.amount_minor <= self.settings.max_amount_minor
+    def __len__(self) -> int:
+        return len(self._held)
 
     def record(self, ev: Event) -> None:
-        """A small attempt arrived: log it now, count it when released."""
-        self._cards.append(ev.card_id, ev.t, ev.event_id)
+        """A small attempt arrived: log it now, count it once the watermark passes it."""
+        self._cards.append(ev.card_id, ev.t, ev.event_id, ev)
         if self.settings.terminal_min_attempts is not None:
-            self._terminals.append(ev.terminal_id, ev.t, ev.event_id)
+            self._terminals.append(ev.terminal_id, ev.t, ev.event_id, ev)
+        self._held.push(ev.t, ev.event_id, ev)
 
-    def release(self, ev: Event) -> list[Incident]:
-        grown = []
-        card = self._count(
-            ev, ev.card_id, self._cards, self._card_episodes, self.settings.min_attempts
+    def release(self, watermark: int, *, inclusive: bool) -> Iterator[Incident]:
+        terminal_min = self.settings.terminal_min_attempts
+        for _t, _event_id, ev in self._held.release(watermark, inclusive=inclusive):
+            card = self._count(ev, by_card=True, min_attempts=self.settings.min_attempts)
+            if card is not None:
+                yield card
+            if terminal_min is not None:
+                terminal = self._count(ev, by_card=False, min_attempts=terminal_min)
+                if terminal is not None:
+                    yield terminal
+
+    def _count(self, ev: Event, *, by_card: bool, min_attempts: int) -> Incident | None:
+        """The small attempt `ev`, released in event-time order: does it make (or grow) a burst?"""
+        key, log, episodes = (
+            (ev.card_id, self._cards, self._card_episodes)
+            if by_card
+            else (ev.terminal_id, self._terminals, self._terminal_episodes)
         )
-        if card is not None:
-            grown.append(card)
-        if self.settings.terminal_min_attempts is not None:
-            terminal = self._count(
-                ev, ev.terminal_id, self._terminals, self._terminal_episodes,
-                self.settings.terminal_min_attempts,
-            )  # fmt: skip
-            if terminal is not None:
-                grown.append(terminal)
-        return grown
-
-    def _count(
-        self, ev: Event, key: str, log: WindowLog, episodes: Episodes, min_attempts: int
-    ) -> Incident | None:
         records = log.window(key, ev.t - self.window, ev.t)
         if len(records) < min_attempts:
             return None
-        by_card = log is self._cards
 
-        def open_incident(first: tuple[int, str, bool]) -> Incident:
+        def open_incident(first: tuple[int, str, Event]) -> Incident:
             scope_key = (ev.card_id,) if by_card else ("terminal", ev.terminal_id)
             return Incident(
                 alert_id=alert_id(NAME, *scope_key, first[1]),
                 detector=NAME,
                 severity=self.settings.severity,
-                terminal_id=ev.terminal_id,
-                merchant_id=ev.merchant_id,
+                terminal_id=first[2].terminal_id,
+                merchant_id=first[2].merchant_id,
                 card_id=ev.card_id if by_card else None,
                 first_seen=first[0],
                 last_seen=first[0],
@@ -89,15 +93,15 @@ class SmallAmountBurst:
         if not fresh:
             return None
         incident.count += len(fresh)
-        for t, event_id, _ in fresh:
-            incident.add_evidence(t, event_id)
         amounts = incident.details["amounts_minor"]
         terminals = incident.details["terminals"]
         assert isinstance(amounts, list) and isinstance(terminals, list)
-        if len(amounts) < self.max_evidence:
-            amounts.append(ev.amount_minor)
-        if ev.terminal_id not in terminals and len(terminals) < 100:
-            terminals.append(ev.terminal_id)
+        for t, event_id, attempt in fresh:
+            incident.add_evidence(t, event_id)
+            if len(amounts) < self.max_evidence:
+                amounts.append(attempt.amount_minor)
+            if attempt.terminal_id not in terminals and len(terminals) < 100:
+                terminals.append(attempt.terminal_id)
         who = f"Card {short_card(ev.card_id)}" if by_card else f"Terminal {ev.terminal_id}"
         where = (
             f"at {len(terminals)} terminals of merchant {incident.merchant_id}"
@@ -111,9 +115,12 @@ class SmallAmountBurst:
         )
         return incident
 
-    def sweep(self, watermark: int, lateness_us: int) -> None:
-        cutoff = watermark - lateness_us - self.window
-        self._cards.sweep(cutoff)
-        self._terminals.sweep(cutoff)
+    def advance(self, watermark: int) -> None:
+        self._cards.advance(watermark)
+        self._terminals.advance(watermark)
+
+    def sweep(self, watermark: int) -> None:
+        self._cards.sweep()
+        self._terminals.sweep()
         self._card_episodes.expire(watermark)
         self._terminal_episodes.expire(watermark)
