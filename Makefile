@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed-dev
 DEMO   := .demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format bench clean
+.PHONY: help demo backtest test lint format bench clean
 
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-demo: $(STAMP) ## simulate three hours of terminal traffic with incidents and score it
+demo: $(STAMP) ## the whole system on this machine: embedded broker, simulated terminals, monitor, alerts
+	$(BIN)/posmon demo --duration $(or $(DURATION),60) --out $(DEMO)
+
+backtest: $(STAMP) ## simulate a day of traffic to a file and replay it (no broker)
 	@mkdir -p $(DEMO)
-	$(BIN)/posmon simulate --out $(DEMO)/events.jsonl --hours 3 --seed 7
+	$(BIN)/posmon simulate --out $(DEMO)/events.jsonl --hours 26 --seed 7
 	$(BIN)/posmon replay $(DEMO)/events.jsonl --alerts $(DEMO)/alerts.jsonl --dlq $(DEMO)/dlq.jsonl
 
 test: $(STAMP) ## run every test

@@ -183,7 +183,8 @@ def main() -> None:
     )
     print(
         f"  (scored {sum(scorer.consumed.values()):,}, rejected {sum(stats.rejected.values()):,},"
-        f" duplicates {scorer.duplicates:,}, late {scorer.late:,}, alerts {len(stats.alert_ids):,})"
+        f" duplicates {scorer.duplicates:,}, late {scorer.late:,},"
+        f" alerts {sum(stats.raised.values()):,})"
     )
     del stats, scorer
 

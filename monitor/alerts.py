@@ -74,6 +74,7 @@ class Incident:
     event_ids: list[str] = field(default_factory=list)
     details: dict[str, object] = field(default_factory=dict)
     evidence_dropped: int = 0
+    emitted: bool = False  # set once the first version went out: later ones are updates
 
     def add_evidence(self, t: int, *event_ids: str) -> None:
         """Add evidence events seen at `t`, keeping at most `max_evidence` ids."""

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,12 +22,15 @@ from rich.table import Table
 
 from monitor import __version__
 from monitor.alerts import DETECTORS, alert_json_schema
-from monitor.config import ConfigError, load_config
+from monitor.demo import DemoOptions, run_demo
 from monitor.events import event_json_schema
 from monitor.files import JsonlSink, read_messages
+from monitor.kafka import produce_lines
 from monitor.pipeline import MemorySource, Stats, run
 from monitor.scoring import Scorer
-from monitor.simulate import SimulationSpec, write_simulation
+from monitor.service import Service
+from monitor.settings import ConfigError, load_policy, load_settings
+from monitor.simulate import Simulation, SimulationSpec, write_simulation
 
 
 class UsageError(Exception):
@@ -75,8 +81,16 @@ def _parser() -> argparse.ArgumentParser:
         help="write realistic terminal traffic with labelled injected incidents",
         description="Write simulated POS traffic (JSONL) and a labels file beside it.",
     )
-    simulate.add_argument("--out", required=True, type=Path, help="events file to write (JSONL)")
+    target = simulate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="events file to write (JSONL)")
+    target.add_argument("--topic", help="Kafka topic to produce to instead, keyed by merchant_id")
     simulate.add_argument("--labels", type=Path, help="labels file (default: OUT.labels.jsonl)")
+    simulate.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (with --topic)")
+    simulate.add_argument(
+        "--rate",
+        type=float,
+        help="events per second to produce (with --topic; default: as fast as possible)",
+    )
     simulate.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     simulate.add_argument("--hours", type=float, default=2.0, help="simulated hours (default 2)")
     simulate.add_argument(
@@ -85,6 +99,39 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--no-incidents", action="store_true", help="background traffic only")
     simulate.set_defaults(handler=_simulate)
 
+    run_ = sub.add_parser(
+        "run",
+        help="consume the topic, score, publish alerts, serve /metrics /healthz /readyz",
+        description="The production monitor: consume, score, publish alerts to posmon.alerts and"
+        " rejects to <topic>.dlq. Settings: flags, then POSMON_... variables, then the file.",
+    )
+    run_.add_argument("--config", type=Path, help="YAML configuration (or POSMON_CONFIG)")
+    run_.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]")
+    run_.add_argument("--topic", help="input topic (default pos.events)")
+    run_.add_argument("--group", help="consumer group (default posmon)")
+    run_.add_argument(
+        "--metrics-port", type=int, help="port of /metrics, /healthz, /readyz (default 9464)"
+    )
+    run_.set_defaults(handler=_run)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole system on this machine: embedded broker, simulator, monitor, alerts",
+        description="Start an embedded broker, simulated terminals with incidents, the monitor"
+        " and /metrics; show live progress and a summary. Ctrl-C stops everything.",
+    )
+    demo.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of traffic (default 60)"
+    )
+    demo.add_argument("--rate", type=float, default=2000.0, help="events per second (default 2000)")
+    demo.add_argument(
+        "--metrics-port", type=int, default=0, help="port of /metrics (default: a free one)"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("posmon-demo"), help="where alerts are written"
+    )
+    demo.set_defaults(handler=_demo)
+
     schema = sub.add_parser("schema", help="print the JSON Schema of the event or the alert")
     schema.add_argument("which", choices=["events", "alert"])
     schema.set_defaults(handler=_schema)
@@ -92,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    policy = load_policy(args.config)
     if args.input != "-" and not Path(args.input).is_file():
         raise UsageError(f"no such input file: {args.input}")
     if args.batch_size < 1:
@@ -102,7 +149,7 @@ def _replay(args: argparse.Namespace) -> int:
         sink = JsonlSink(args.alerts, dlq)
     except OSError as exc:
         raise UsageError(f"cannot write output: {exc.filename}: {exc.strerror}") from exc
-    scorer, stats = Scorer(config.policy), Stats()
+    scorer, stats = Scorer(policy), Stats()
     _tune_gc()
     started = time.perf_counter()
     try:
@@ -155,11 +202,11 @@ def _print_summary(
         table.add_row(f"rejected: {reason}", f"{stats.rejected[reason]:,}")
     if not stats.rejected:
         table.add_row("rejected", "0")
-    by_detector = stats.alerts_by_detector()
+    by_detector = stats.raised
     for detector in DETECTORS:
         if by_detector[detector]:
             table.add_row(f"alerts: {detector}", f"{by_detector[detector]:,}")
-    table.add_row("alerts in all (distinct ids)", f"{len(stats.alert_ids):,}")
+    table.add_row("alerts in all (distinct ids)", f"{sum(by_detector.values()):,}")
     rate = stats.messages / elapsed if elapsed > 0 else 0.0
     table.add_row("time", f"{elapsed:.2f} s ({rate:,.0f} lines/s)")
     console.print(table)
@@ -177,6 +224,10 @@ def _print_summary(
 def _simulate(args: argparse.Namespace) -> int:
     if args.hours <= 0 or args.merchants < 1:
         raise UsageError("--hours must be positive and --merchants at least 1")
+    if args.topic is not None:
+        return _simulate_to_kafka(args)
+    if args.rate is not None or args.bootstrap_servers is not None:
+        raise UsageError("--rate and --bootstrap-servers go with --topic")
     labels = args.labels or args.out.with_name(f"{_stem(args.out)}.labels.jsonl")
     spec = SimulationSpec(
         seed=args.seed, hours=args.hours, merchants=args.merchants, incidents=not args.no_incidents
@@ -189,6 +240,64 @@ def _simulate(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from exc
     print(f"wrote {args.out} and {labels}: {stats}", file=sys.stderr)
     return 0
+
+
+def _simulate_to_kafka(args: argparse.Namespace) -> int:
+    if args.rate is not None and args.rate <= 0:
+        raise UsageError("--rate must be positive")
+    settings = load_settings(None, flags={"kafka.bootstrap_servers": args.bootstrap_servers}).kafka
+    spec = SimulationSpec(
+        seed=args.seed, hours=args.hours, merchants=args.merchants, incidents=not args.no_incidents
+    )
+    print(f"producing to {args.topic} on {settings.bootstrap_servers} ...", file=sys.stderr)
+    sent = produce_lines(settings, args.topic, Simulation(spec).lines(), rate=args.rate)
+    print(f"produced {sent:,} events to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    settings = load_settings(
+        args.config,
+        flags={
+            "kafka.bootstrap_servers": args.bootstrap_servers,
+            "kafka.topic": args.topic,
+            "kafka.group": args.group,
+            "metrics.port": args.metrics_port,
+        },
+    )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is a line per connection
+    log = logging.getLogger("posmon")
+    service = Service(settings, stop=stop)
+    log.info(
+        "consuming %s on %s as group %s; /metrics, /healthz, /readyz on port %d",
+        settings.kafka.topic,
+        settings.kafka.bootstrap_servers,
+        settings.kafka.group,
+        service.endpoints.port,
+    )
+    _tune_gc()
+    service.run()
+    log.info(
+        "stopped: %d messages, %d alerts raised",
+        service.stats.messages,
+        sum(service.stats.raised.values()),
+    )
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.duration <= 0 or args.rate <= 0:
+        raise UsageError("--duration and --rate must be positive")
+    options = DemoOptions(
+        duration=args.duration, rate=args.rate, metrics_port=args.metrics_port, out=args.out
+    )
+    return run_demo(options, Console())
 
 
 def _schema(args: argparse.Namespace) -> int:

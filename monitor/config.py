@@ -1,23 +1,22 @@
-"""Settings and detection policy, validated at the boundary.
+"""The detection policy: every threshold of every detector, validated at the boundary.
 
-The policy file is YAML. Unknown keys are rejected (a typo must not silently fall back to a
-default), every default is the contract's (CONTRACT section 2), durations are written as seconds
-or with a unit (`90s`, `15m`, `24h`, `1d`).
+It is the `policy:` section of the YAML configuration (`monitor.settings` reads the file).
+Unknown keys are rejected (a typo must not silently fall back to a default), every default is
+the contract's (CONTRACT section 2), durations are written as seconds or with a unit (`90s`,
+`15m`, `24h`, `1d`).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 Severity = Literal["info", "warning", "critical"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def _parse_duration(value: object) -> object:
@@ -25,7 +24,7 @@ def _parse_duration(value: object) -> object:
         match = _DURATION.match(value)
         if not match:
             raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '90s', '15m', '24h')")
-        return float(match.group(1)) * _UNITS[match.group(2)]
+        return float(match.group(1)) * _UNITS[match.group(2) or "s"]
     return value
 
 
@@ -140,48 +139,3 @@ class Policy(_Strict):
                 f" plus allowed_lateness ({needed:g}s)"
             )
         return self
-
-
-class ConfigError(Exception):
-    """A settings or policy file that cannot be used; the message is one line for a person."""
-
-
-class Config(_Strict):
-    """The whole configuration file. Later sections (kafka, metrics, dispatch) join this model."""
-
-    policy: Policy = Policy()
-
-
-def load_config(path: Path | None) -> Config:
-    """Read and validate the YAML configuration; raises `ConfigError` with a one-line message."""
-    if path is None:
-        return Config()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {_one_line(str(exc))}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must be a mapping of settings, not {type(data).__name__}")
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"config {path}: {_describe(exc)}") from exc
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors(include_url=False, include_input=False):
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -11,7 +11,7 @@ yields the same alert ids, so nothing is paged twice.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
@@ -23,10 +23,20 @@ from monitor.scoring import Scorer
 
 @dataclass(slots=True)
 class Batch:
-    """Messages to score, and the position to commit once they are handed on."""
+    """Messages to score, by partition, and the position to commit once they are handed on.
 
-    messages: Sequence[bytes]
+    `active` names the partitions that hold the watermark back (None: every partition seen);
+    a source lists every assigned partition but those idle (caught up and quiet for a while),
+    so an idle partition cannot stall the others, and an empty `active` (all idle) lets the
+    watermark reach the newest event time.
+    """
+
+    chunks: Sequence[tuple[int, Sequence[bytes]]]
     position: object = None
+    active: Collection[int] | None = None
+
+    def __len__(self) -> int:
+        return sum(len(messages) for _, messages in self.chunks)
 
 
 class Source(Protocol):
@@ -48,38 +58,38 @@ class Stats:
 
     messages: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    alerts_emitted: int = 0
-    alert_ids: dict[str, str] = field(default_factory=dict)  # alert_id -> detector
+    alerts_emitted: int = 0  # every version, updates included
+    raised: Counter[str] = field(default_factory=Counter)  # new alerts by detector
     latest: dict[str, Alert] = field(default_factory=dict)  # detector -> its newest alert
-
-    def alerts_by_detector(self) -> Counter[str]:
-        return Counter(self.alert_ids.values())
+    new_in_batch: list[Alert] = field(default_factory=list)  # new alerts of the last batch
 
 
-def score_batch(
-    messages: Sequence[bytes], scorer: Scorer, stats: Stats
-) -> tuple[list[Alert], list[Rejection]]:
+def score_batch(batch: Batch, scorer: Scorer, stats: Stats) -> tuple[list[Alert], list[Rejection]]:
     """Decode and score one batch; returns the alerts it opened or grew and its dead letters."""
     rejected: list[Rejection] = []
     process = scorer.process
-    for raw in messages:
-        decoded = decode(raw)
-        if type(decoded) is Event:
-            process(decoded)
-        else:
-            assert isinstance(decoded, Rejection)
-            rejected.append(decoded)
-            stats.rejected[decoded.reason] += 1
-    stats.messages += len(messages)
-    scorer.advance()
+    for partition, messages in batch.chunks:
+        scorer.use_partition(partition, batch.active)
+        for raw in messages:
+            decoded = decode(raw)
+            if type(decoded) is Event:
+                process(decoded)
+            else:
+                assert isinstance(decoded, Rejection)
+                rejected.append(decoded)
+                stats.rejected[decoded.reason] += 1
+        stats.messages += len(messages)
+    scorer.advance(batch.active)
     return _collect(scorer, stats), rejected
 
 
 def _collect(scorer: Scorer, stats: Stats) -> list[Alert]:
-    alerts = scorer.take_alerts()
+    alerts, new = scorer.take_alerts()
     stats.alerts_emitted += len(alerts)
+    stats.new_in_batch = new
+    for alert in new:
+        stats.raised[alert.detector] += 1
     for alert in alerts:
-        stats.alert_ids[alert.alert_id] = alert.detector
         stats.latest[alert.detector] = alert
     return alerts
 
@@ -91,21 +101,30 @@ def run(
     stats: Stats,
     *,
     stopping: Callable[[], bool] = lambda: False,
-    on_batch: Callable[[Stats], None] | None = None,
+    on_batch: Callable[[Batch, float], None] | None = None,
+    timer: Callable[[], float] = lambda: 0.0,
 ) -> None:
-    """Score until the source ends (then close the event time, as a replay does) or `stopping`."""
+    """Score until the source ends (then close the event time, as a replay does) or `stopping`.
+
+    An empty batch still moves the watermark (idle partitions), so decisions fall due without
+    traffic. `on_batch` gets each batch and its scoring time, measured with the injected
+    `timer` (the entry layer passes a clock; this module reads none).
+    """
     while not stopping():
         batch = source.poll()
         if batch is None:
             scorer.close()
             sink.publish(_collect(scorer, stats), [])
             return
-        if batch.messages:
-            alerts, rejected = score_batch(batch.messages, scorer, stats)
+        started = timer()
+        alerts, rejected = score_batch(batch, scorer, stats)
+        elapsed = timer() - started
+        if alerts or rejected:
             sink.publish(alerts, rejected)
-        source.commit(batch)
+        if batch.chunks:
+            source.commit(batch)
         if on_batch is not None:
-            on_batch(stats)
+            on_batch(batch, elapsed)
 
 
 class MemorySource:
@@ -120,7 +139,7 @@ class MemorySource:
         batch = list(islice(self._messages, self._batch_size))
         if not batch:
             return None
-        return Batch(batch, self.committed + len(batch))
+        return Batch([(0, batch)], self.committed + len(batch))
 
     def commit(self, batch: Batch) -> None:
         assert isinstance(batch.position, int)

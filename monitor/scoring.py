@@ -10,7 +10,7 @@ here reads the clock; `close` ends the input (CONTRACT section 1).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Final
 
 from monitor.alerts import Alert, Incident
@@ -92,6 +92,9 @@ class Scorer:
         )
         self._small_up_to = d.small_amount_burst.max_amount_minor
         self.consumed: Counter[str] = Counter()
+        self._partition = 0
+        self._partition_max = NEVER
+        self._solo = True
         self.duplicates = 0
         self.late = 0
         self._changed: dict[str, Incident] = {}
@@ -99,20 +102,33 @@ class Scorer:
 
     # -- per event -------------------------------------------------------------------------
 
+    def use_partition(self, partition: int, active: Collection[int] | None = None) -> None:
+        """The events that follow come from `partition`, in a batch whose source reports
+        `active` partitions (None: every partition seen; a replay has only partition 0)."""
+        maxima = self.watermark.maxima
+        if self._partition_max != NEVER:
+            maxima[self._partition] = self._partition_max
+        self._partition = partition
+        self._partition_max = maxima.get(partition, NEVER)
+        # Alone, the partition's newest event is the watermark's only input: it can follow
+        # every event, exactly as CONTRACT section 1 reads for a replay.
+        self._solo = all(p == partition for p in (maxima if active is None else {*maxima, *active}))
+
     def process(self, ev: Event) -> None:
         """Apply one accepted event. A redelivered `event_id` is counted and ignored."""
-        wm = self.watermark
-        if not self.seen.add(ev.event_id, wm.value):
+        watermark = self.watermark.value
+        if not self.seen.add(ev.event_id, watermark):
             self.duplicates += 1
             return
         kind = ev.kind
         self.consumed[kind] += 1
         t = ev.t
-        if t > wm.max_t:  # Watermark.observe, inlined: this runs for every event
-            wm.max_t = t
-            wm.value = t - wm.lateness
-        elif t < wm.value:
+        if t < watermark:
             self.late += 1
+        if t > self._partition_max:
+            self._partition_max = t
+            if self._solo:  # one partition (a replay): the watermark follows every event
+                self.watermark.value = max(watermark, t - self.lateness)
         _HANDLERS[kind](self, ev)
 
     def _on_request(self, ev: Event) -> None:
@@ -170,9 +186,22 @@ class Scorer:
 
     # -- per batch -------------------------------------------------------------------------
 
-    def advance(self, *, closing: bool = False) -> None:
-        """Release held-back events and take the decisions the watermark has passed."""
-        wm = self.watermark.value
+    def advance(self, active: Collection[int] | None = None, *, closing: bool = False) -> None:
+        """Move the watermark (over the `active` partitions; None: all), release held-back
+        events and take the decisions it has passed.
+
+        When a source reports no active partition at all (every one idle and caught up), the
+        watermark moves to the newest event time, as at the end of a replay: an idle stream
+        takes the decisions due by then instead of holding them until traffic returns.
+        """
+        self.use_partition(self._partition)  # store the current partition's maximum
+        if active is not None and not active:
+            closing = True
+        if closing:
+            self.watermark.close()
+            wm = self.watermark.value
+        else:
+            wm = self.watermark.advance(active)
         for ordered in (self.burst, self.spike):
             if ordered is not None:
                 for incident in ordered.release(wm, inclusive=closing):
@@ -210,18 +239,24 @@ class Scorer:
 
     def close(self) -> None:
         """End of input: the watermark moves to the largest event time; due decisions are taken."""
-        self.watermark.close()
         self.advance(closing=True)
 
     def _grew(self, incident: Incident | None) -> None:
         if incident is not None:
             self._changed[incident.alert_id] = incident
 
-    def take_alerts(self) -> list[Alert]:
-        """The incidents opened or grown since the last call, as alerts (newest version only)."""
-        alerts = [incident.to_alert() for incident in self._changed.values()]
+    def take_alerts(self) -> tuple[list[Alert], list[Alert]]:
+        """The incidents opened or grown since the last call, as alerts (newest version only),
+        and the part of them that is new (first emitted now)."""
+        alerts, new = [], []
+        for incident in self._changed.values():
+            alert = incident.to_alert()
+            alerts.append(alert)
+            if not incident.emitted:
+                incident.emitted = True
+                new.append(alert)
         self._changed.clear()
-        return alerts
+        return alerts, new
 
     def state_sizes(self) -> dict[str, int]:
         sizes = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -19,27 +19,43 @@ NEVER = -(2**62)
 
 
 class Watermark:
-    """The largest event time seen minus the allowed lateness. It never goes back."""
+    """Per partition, the largest event time seen; the watermark is the smallest of those over
+    the active partitions, minus the allowed lateness. It never goes back.
 
-    __slots__ = ("lateness", "max_t", "value")
+    A partition the source reports idle (no message for a while, nothing left to read) is left
+    out, so a quiet partition cannot hold every other partition's decisions back forever.
+    """
+
+    __slots__ = ("lateness", "maxima", "value")
 
     def __init__(self, lateness_us: int) -> None:
         self.lateness = lateness_us
-        self.max_t = NEVER
+        self.maxima: dict[int, int] = {}
         self.value = NEVER
 
-    def observe(self, t: int) -> bool:
-        """Account for an event at `t`; True when the event is late (older than the watermark)."""
-        if t > self.max_t:
-            self.max_t = t
-            self.value = t - self.lateness
-            return False
-        return t < self.value
+    def advance(self, active: Collection[int] | None = None) -> int:
+        """Recompute from the maxima of the `active` partitions (None: every partition seen).
+
+        An active partition that has delivered nothing yet holds the watermark where it is:
+        its first events may be older than every other partition's.
+        """
+        maxima = self.maxima
+        if active is None:
+            candidates = list(maxima.values())
+        elif all(p in maxima for p in active):
+            candidates = [maxima[p] for p in active]
+        else:
+            candidates = []
+        if candidates:
+            value = min(candidates) - self.lateness
+            if value > self.value:
+                self.value = value
+        return self.value
 
     def close(self) -> None:
         """End of input: move the watermark to the largest event time (CONTRACT section 1)."""
-        if self.max_t != NEVER:
-            self.value = self.max_t
+        if self.maxima:
+            self.value = max(self.value, *self.maxima.values())
 
 
 class Timers(Generic[P]):

@@ -2,5 +2,7 @@
 
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["tests.broker"]
+
 settings.register_profile("posmon", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("posmon")

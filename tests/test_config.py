@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import Config, ConfigError, Policy, load_config
+from monitor.config import Policy
+from monitor.settings import ConfigError, Settings, load_settings
 
 
 def test_defaults_are_the_contracts() -> None:
@@ -37,13 +38,13 @@ def test_durations_with_units(tmp_path: Path) -> None:
         "policy:\n  allowed_lateness: 90s\n"
         "  detectors:\n    failed_then_debited:\n      reversal_grace: 20m\n"
     )
-    config = load_config(path)
+    config = load_settings(path, environ={})
     assert config.policy.allowed_lateness == 90
     assert config.policy.detectors.failed_then_debited.reversal_grace == 1200
 
 
 def test_no_file_means_defaults() -> None:
-    assert load_config(None) == Config()
+    assert load_settings(None, environ={}) == Settings()
 
 
 @pytest.mark.parametrize(
@@ -65,16 +66,46 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, message: str) -
     path = tmp_path / "posmon.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_settings(path, environ={})
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
-        load_config(tmp_path / "nope.yaml")
+        load_settings(tmp_path / "nope.yaml", environ={})
 
 
 def test_the_example_config_is_valid_and_states_the_defaults() -> None:
     example = Path(__file__).parent.parent / "config" / "posmon.example.yaml"
-    assert load_config(example) == Config()
+    assert load_settings(example, environ={}) == Settings()
+
+
+def test_precedence_flags_then_environment_then_file(tmp_path: Path) -> None:
+    path = tmp_path / "posmon.yaml"
+    path.write_text(
+        "kafka:\n  topic: from.file\n  group: file-group\npolicy:\n  allowed_lateness: 60\n"
+    )
+    environ = {"POSMON_KAFKA__TOPIC": "from.env", "POSMON_POLICY__ALLOWED_LATENESS": "90s"}
+    settings = load_settings(path, flags={"kafka.topic": "from.flag"}, environ=environ)
+    assert settings.kafka.topic == "from.flag"
+    assert settings.kafka.group == "file-group"
+    assert settings.policy.allowed_lateness == 90
+
+
+def test_config_file_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "posmon.yaml"
+    path.write_text("kafka:\n  topic: named.by.env\n")
+    assert load_settings(None, environ={"POSMON_CONFIG": str(path)}).kafka.topic == "named.by.env"
+
+
+def test_unknown_environment_variable_is_refused() -> None:
+    with pytest.raises(ConfigError, match="kafak: unknown key"):
+        load_settings(None, environ={"POSMON_KAFAK__TOPIC": "x"})
+
+
+def test_a_duration_from_the_environment_may_be_bare_seconds() -> None:
+    environ = {"POSMON_POLICY__ALLOWED_LATENESS": "45", "POSMON_KAFKA__IDLE_PARTITION_S": "1.5"}
+    settings = load_settings(None, environ=environ)
+    assert settings.policy.allowed_lateness == 45
+    assert settings.kafka.idle_partition_s == 1.5

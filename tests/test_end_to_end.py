@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from monitor.config import load_config
 from monitor.pipeline import replay_messages
 from monitor.scoring import Scorer
+from monitor.settings import load_policy
 from monitor.simulate import SimulationSpec, SimulationStats, write_simulation
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def test_no_injected_card_number_is_written_anywhere(replayed: Replayed) -> None
 
 
 def test_redeliveries_and_late_events_are_counted(replayed: Replayed) -> None:
-    scorer = Scorer(load_config(None).policy)
+    scorer = Scorer(load_policy(None))
     replay_messages(replayed.lines, scorer)
     assert scorer.duplicates == replayed.stats.redeliveries
     assert scorer.late == replayed.stats.late

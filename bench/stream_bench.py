@@ -1,0 +1,204 @@
+"""Streaming benchmark: posmon on the embedded broker, through kafka-python.
+
+    python bench/stream_bench.py [--events 300000] [--runs 3] [--seconds 20]
+
+Prints figures, asserts nothing. What it measures:
+
+1. throughput: simulated events already on a 6-partition topic are consumed, decoded, scored,
+   their alerts and dead letters published (acks=all) and their offsets committed, by the same
+   loop `posmon run` uses, in this process pinned to one core (the broker runs on the other);
+   events/s from the first batch to the last commit, median of `--runs` fresh consumer groups;
+2. latency: `posmon run` in its own process while this one offers a steady load of simulated
+   traffic (5,000 and 20,000 events/s) in which 1 in 200 attempts is a large amount; each
+   large amount raises a `large_amount` alert at once, and latency is the alert record's broker
+   timestamp minus the probe event record's (both CreateTime, set by the producers): p50 / p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from pathlib import Path
+
+from monitor.alerts import Alert
+from monitor.config import Policy
+from monitor.embedded import EmbeddedBroker
+from monitor.events import Rejection
+from monitor.kafka import (
+    KafkaSettings,
+    KafkaSink,
+    KafkaSource,
+    ensure_topics,
+    produce_lines,
+    read_topic,
+)
+from monitor.pipeline import Batch, Stats, run
+from monitor.scoring import Scorer
+from monitor.simulate import Simulation, SimulationSpec
+
+REPO = Path(__file__).resolve().parent.parent
+TIMINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+
+
+def simulated(events: int, seed: int = 5) -> list[bytes]:
+    spec = SimulationSpec(seed=seed, hours=max(2.0, events / 16_000 * 1.5), merchants=250)
+    return list(islice(Simulation(spec).lines(), events))
+
+
+def throughput(broker: EmbeddedBroker, events: int, runs: int) -> None:
+    topic = "bench.throughput"
+    base = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, topic=topic, **TIMINGS)
+    ensure_topics(base, {topic: 6, f"{topic}.dlq": 1, base.alerts_topic: 3})
+    lines = simulated(events)
+    produce_lines(base, topic, lines, rate=None)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    rates = []
+    for n in range(runs):
+        settings = base.model_copy(update={"group": f"bench-{n}-{time.time_ns()}"})
+        source, sink = KafkaSource(settings), KafkaSink(settings)
+        scorer, stats = Scorer(Policy()), Stats()
+        clock = _FirstBatch()
+        run(
+            source,
+            sink,
+            scorer,
+            stats,
+            stopping=lambda s=stats: s.messages >= len(lines),  # type: ignore[misc]
+            on_batch=clock.on_batch,
+        )
+        elapsed = time.perf_counter() - clock.started
+        source.close()
+        sink.close()
+        rates.append(stats.messages / elapsed)
+        print(f"  run {n + 1}: {stats.messages:,} events in {elapsed:.2f} s = {rates[-1]:,.0f}/s")
+    median = statistics.median(rates)
+    print(
+        f"throughput, consume + score + publish + commit, one core: median {median:,.0f} events/s"
+    )
+
+
+class _FirstBatch:
+    """Remembers when the first non-empty batch was scored (the group join is not counted)."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+
+    def on_batch(self, batch: Batch, _seconds: float) -> None:
+        if len(batch) and not self.started:
+            self.started = time.perf_counter()
+
+
+def probes(lines: Sequence[bytes], every: int = 200) -> Iterator[bytes]:
+    """The simulated lines, with one attempt in `every` turned into a large amount."""
+    n = 0
+    for line in lines:
+        if b'"auth_request"' in line:
+            n += 1
+            if n % every == 0:
+                body = json.loads(line)
+                body["amount_minor"] = 2_500_000
+                yield json.dumps(body).encode()
+                continue
+        yield line
+
+
+def latency(broker: EmbeddedBroker, rate: float, seconds: float) -> None:
+    topic = f"bench.latency.{int(rate)}"
+    settings = KafkaSettings(
+        bootstrap_servers=broker.bootstrap_servers,
+        topic=topic,
+        alerts_topic=f"{topic}.alerts",
+        **TIMINGS,
+    )
+    ensure_topics(settings, {topic: 6, f"{topic}.dlq": 1, settings.alerts_topic: 3})
+    env = {
+        **os.environ,
+        "POSMON_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "POSMON_KAFKA__TOPIC": topic,
+        "POSMON_KAFKA__GROUP": f"{topic}.monitor",
+        "POSMON_KAFKA__ALERTS_TOPIC": settings.alerts_topic,
+        "POSMON_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "POSMON_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+        "POSMON_METRICS__HOST": "127.0.0.1",
+        "POSMON_METRICS__PORT": str(_free_port()),
+    }
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(6)  # the group join
+        lines = simulated(int(rate * seconds), seed=9)
+        sent = produce_lines(settings, topic, probes(lines), rate=rate)
+        time.sleep(3)
+    finally:
+        monitor.send_signal(signal.SIGTERM)
+        monitor.wait(timeout=30)
+    produced = {}
+    for record in read_topic(settings, topic, timeout_s=60):
+        if record.value and b"2500000" in record.value:
+            produced[json.loads(record.value)["event_id"]] = record.timestamp
+    delays = []
+    for record in read_topic(settings, settings.alerts_topic, timeout_s=60):
+        alert = json.loads(record.value or b"{}")
+        if alert.get("detector") == "large_amount":
+            event_id = alert["event_ids"][0]
+            if event_id in produced:
+                delays.append(record.timestamp - produced[event_id])
+    delays.sort()
+    if not delays:
+        print(f"latency at {rate:,.0f} events/s: no probe alerts (sent {sent:,})")
+        return
+    p50 = delays[len(delays) // 2]
+    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+    print(
+        f"latency at {rate:,.0f} events/s offered ({sent:,} events, {len(delays)} probes):"
+        f" p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NullSink:
+    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    cores = os.cpu_count()
+    print(f"posmon streaming benchmark: {cores} cores here, embedded Tansu broker, kafka-python")
+    with EmbeddedBroker() as broker:
+        for rate in (5_000.0, 20_000.0):
+            worker = threading.Thread(target=latency, args=(broker, rate, args.seconds))
+            worker.start()
+            worker.join()
+        throughput(broker, args.events, args.runs)
+
+
+if __name__ == "__main__":
+    main()
