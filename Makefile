@@ -37,8 +37,9 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) ## replay throughput and memory on simulated traffic (prints its figures)
+bench: $(STAMP) ## replay and streaming throughput, latency and memory (prints its figures)
 	$(BIN)/python bench/replay_bench.py
+	$(BIN)/python bench/stream_bench.py
 
 clean: ## remove the virtual environment and outputs
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -40,13 +40,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-# Runs as the broker's parent; argv = [grace_seconds, broker argv...]. It exits with the
-# broker's exit code, stops the broker on SIGTERM, and stops it when stdin reaches EOF (posmon
-# is gone).
+# Runs as the broker's parent; argv = [grace_seconds, log_dir, broker argv...]. It exits with
+# the broker's exit code and stops the broker on SIGTERM. When stdin reaches EOF posmon is gone
+# without stopping it (killed, crashed): it removes the log directory too, which nobody else will.
 _SUPERVISOR = """
-import os, signal, subprocess, sys, threading
-grace = float(sys.argv[1])
-child = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL)
+import os, shutil, signal, subprocess, sys, threading
+grace, log_dir = float(sys.argv[1]), sys.argv[2]
+child = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL)
 def follow():
     code = child.wait()
     os._exit(code if code >= 0 else 128 - code)
@@ -60,6 +60,7 @@ def stop(*_):
 threading.Thread(target=follow, daemon=True).start()
 signal.signal(signal.SIGTERM, stop)
 sys.stdin.buffer.read()
+shutil.rmtree(log_dir, ignore_errors=True)
 stop()
 """
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -189,7 +190,7 @@ class EmbeddedBroker:
         argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
         argv += ["--storage-engine", "memory://tansu/"]
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _SUPERVISOR, str(self._grace_s), *argv],
+            [sys.executable, "-c", _SUPERVISOR, str(self._grace_s), str(self._dir), *argv],
             stdin=subprocess.PIPE,
             stdout=self._log,
             stderr=subprocess.STDOUT,

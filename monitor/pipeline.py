@@ -25,7 +25,8 @@ from monitor.scoring import Scorer
 class Batch:
     """Messages to score, by partition, and the position to commit once they are handed on.
 
-    `active` names the partitions that hold the watermark back (None: every partition seen);
+    `active` names the partitions that hold the watermark back (None: every partition seen, as
+    in a replay, or none assigned yet);
     a source lists every assigned partition but those idle (caught up and quiet for a while),
     so an idle partition cannot stall the others, and an empty `active` (all idle) lets the
     watermark reach the newest event time.
@@ -133,13 +134,15 @@ class MemorySource:
     def __init__(self, messages: Iterable[bytes], batch_size: int = 1000) -> None:
         self._messages: Iterator[bytes] = iter(messages)
         self._batch_size = batch_size
+        self._read = 0
         self.committed = 0
 
     def poll(self) -> Batch | None:
         batch = list(islice(self._messages, self._batch_size))
         if not batch:
             return None
-        return Batch([(0, batch)], self.committed + len(batch))
+        self._read += len(batch)
+        return Batch([(0, batch)], self._read)
 
     def commit(self, batch: Batch) -> None:
         assert isinstance(batch.position, int)

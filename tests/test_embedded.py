@@ -82,7 +82,7 @@ def test_no_broker_outlives_its_process(ending: str, tmp_path: Path) -> None:
         import sys
         from monitor.embedded import EmbeddedBroker
         broker = EmbeddedBroker().start()
-        print(broker.pid, broker.bootstrap_servers, flush=True)
+        print(broker.pid, broker.bootstrap_servers, broker.log_path, flush=True)
         sys.stdin.readline()  # then end, with the broker still running
         """
     )
@@ -94,13 +94,14 @@ def test_no_broker_outlives_its_process(ending: str, tmp_path: Path) -> None:
         text=True,
     )
     assert owner.stdin is not None and owner.stdout is not None
-    pgid, address = owner.stdout.readline().split()
-    assert _accepts(address)
+    pgid, address, log = owner.stdout.readline().split()
+    assert _accepts(address) and Path(log).exists()
     if ending == "sigkill":
         owner.send_signal(signal.SIGKILL)
     owner.stdin.close()  # lets a living owner go on to its normal exit
     owner.wait(timeout=20)
     assert _gone(address, int(pgid))
+    assert not Path(log).exists()  # its log directory went with it
 
 
 def test_a_missing_binary_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
