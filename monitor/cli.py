@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from monitor import __version__
-from monitor.alerts import DETECTORS, alert_json_schema
+from monitor.alerts import alert_json_schema
 from monitor.demo import DemoOptions, run_demo
 from monitor.events import event_json_schema
 from monitor.files import JsonlSink, read_messages
@@ -31,6 +30,7 @@ from monitor.scoring import Scorer
 from monitor.service import Service
 from monitor.settings import ConfigError, load_policy, load_settings
 from monitor.simulate import Simulation, SimulationSpec, write_simulation
+from monitor.summary import print_summary
 
 
 class UsageError(Exception):
@@ -160,13 +160,16 @@ def _replay(args: argparse.Namespace) -> int:
         sink.close()
     elapsed = time.perf_counter() - started
     if not args.quiet:
-        _print_summary(
-            console=Console(),
+        rate = stats.messages / elapsed if elapsed > 0 else 0.0
+        print_summary(
+            Console(),
+            title="posmon replay",
             scorer=scorer,
             stats=stats,
-            elapsed=elapsed,
             alerts=args.alerts,
-            dlq=dlq,
+            dead_letters=dlq,
+            head=(("lines read", f"{stats.messages:,}"),),
+            tail=(("time", f"{elapsed:.2f} s ({rate:,.0f} lines/s)"),),
         )
     return 0
 
@@ -185,40 +188,6 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
-
-
-def _print_summary(
-    *, console: Console, scorer: Scorer, stats: Stats, elapsed: float, alerts: Path, dlq: Path
-) -> None:
-    accepted = sum(scorer.consumed.values())
-    table = Table(title="posmon replay", show_header=False, title_justify="left")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    table.add_row("lines read", f"{stats.messages:,}")
-    table.add_row("events scored", f"{accepted:,}")
-    table.add_row("duplicates (redelivered event_id)", f"{scorer.duplicates:,}")
-    table.add_row("late (older than the watermark)", f"{scorer.late:,}")
-    for reason in sorted(stats.rejected):
-        table.add_row(f"rejected: {reason}", f"{stats.rejected[reason]:,}")
-    if not stats.rejected:
-        table.add_row("rejected", "0")
-    by_detector = stats.raised
-    for detector in DETECTORS:
-        if by_detector[detector]:
-            table.add_row(f"alerts: {detector}", f"{by_detector[detector]:,}")
-    table.add_row("alerts in all (distinct ids)", f"{sum(by_detector.values()):,}")
-    rate = stats.messages / elapsed if elapsed > 0 else 0.0
-    table.add_row("time", f"{elapsed:.2f} s ({rate:,.0f} lines/s)")
-    console.print(table)
-    if stats.latest:
-        console.print("Latest alert of each detector:")
-    for detector in DETECTORS:
-        alert = stats.latest.get(detector)
-        if alert is not None:
-            console.print(
-                f"  [bold]{detector}[/bold] ({alert.severity}): {alert.summary}", highlight=False
-            )
-    console.print(f"alerts: {alerts}   dead letters: {dlq}", highlight=False)
 
 
 def _simulate(args: argparse.Namespace) -> int:

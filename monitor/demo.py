@@ -27,6 +27,7 @@ from monitor.kafka import KafkaSettings, ensure_topics, produce_lines
 from monitor.service import Service
 from monitor.settings import MetricsSettings, Settings
 from monitor.simulate import Simulation, SimulationSpec
+from monitor.summary import print_summary
 
 TOPIC = "pos.events"
 PARTITIONS = 6
@@ -182,19 +183,12 @@ def _view(service: Service, producer: _Producer, watch: _AlertWatch, elapsed: fl
 def _summary(
     console: Console, service: Service, producer: _Producer, alerts: Path, dlq: Path
 ) -> None:
-    scorer, stats = service.scorer, service.stats
-    table = Table(title="posmon demo: summary", show_header=False, title_justify="left")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    table.add_row("events produced", f"{producer.sent:,}")
-    table.add_row("events scored", f"{sum(scorer.consumed.values()):,}")
-    table.add_row("duplicates (redelivered)", f"{scorer.duplicates:,}")
-    table.add_row("late", f"{scorer.late:,}")
-    for reason in sorted(stats.rejected):
-        table.add_row(f"rejected: {reason}", f"{stats.rejected[reason]:,}")
-    for detector in DETECTORS:
-        if stats.raised[detector]:
-            table.add_row(f"alerts: {detector}", f"{stats.raised[detector]:,}")
-    table.add_row("alerts in all", f"{sum(stats.raised.values()):,}")
-    console.print(table)
-    console.print(f"alerts: {alerts}   dead letters: {dlq}", highlight=False)
+    print_summary(
+        console,
+        title="posmon demo: summary",
+        scorer=service.scorer,
+        stats=service.stats,
+        alerts=alerts,
+        dead_letters=dlq,
+        head=(("events produced", f"{producer.sent:,}"),),
+    )
