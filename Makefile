@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed-dev
 DEMO   := .demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo backtest test lint format bench clean
+.PHONY: help demo backtest system-deps test lint format bench clean
 
 help: ## show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,19 @@ backtest: $(STAMP) ## simulate a day of traffic to a file and replay it (no brok
 	$(BIN)/posmon simulate --out $(DEMO)/events.jsonl --hours 26 --seed 7
 	$(BIN)/posmon replay $(DEMO)/events.jsonl --alerts $(DEMO)/alerts.jsonl --dlq $(DEMO)/dlq.jsonl
 
-test: $(STAMP) ## run every test
+# Debian packages the tests talk to (real Alertmanager); installed when missing and root.
+DEBIAN_PACKAGES := prometheus-alertmanager
+
+system-deps: ## install the Debian packages the tests use, when missing (needs root and apt)
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "missing Debian packages:$$missing (run 'sudo make system-deps')" >&2; exit 1; fi; \
+	fi
+
+test: $(STAMP) system-deps ## run every test
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## ruff and mypy --strict

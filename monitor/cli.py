@@ -25,6 +25,7 @@ from monitor.demo import DemoOptions, run_demo
 from monitor.events import event_json_schema
 from monitor.files import JsonlSink, read_messages
 from monitor.kafka import produce_lines
+from monitor.oncall import retry_policy, run_dispatcher
 from monitor.pipeline import MemorySource, Stats, run
 from monitor.scoring import Scorer
 from monitor.service import Service
@@ -113,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, help="port of /metrics, /healthz, /readyz (default 9464)"
     )
     run_.set_defaults(handler=_run)
+
+    dispatch = sub.add_parser(
+        "dispatch",
+        help="deliver alerts from the alerts topic to the configured on-call channels",
+        description="Consume posmon.alerts in its own group; route, group, inhibit, dedup and"
+        " deliver to the channels of the `dispatch:` section; park what cannot be delivered.",
+    )
+    dispatch.add_argument("--config", type=Path, help="YAML configuration (or POSMON_CONFIG)")
+    dispatch.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]")
+    dispatch.set_defaults(handler=_dispatch)
 
     demo = sub.add_parser(
         "demo",
@@ -240,7 +251,10 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is a line per connection
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(
+        logging.WARNING
+    )  # its INFO names URLs; Slack's is a secret  # its INFO is a line per connection
     log = logging.getLogger("posmon")
     service = Service(settings, stop=stop)
     log.info(
@@ -251,12 +265,43 @@ def _run(args: argparse.Namespace) -> int:
         service.endpoints.port,
     )
     _tune_gc()
+    dispatching = None
+    if settings.dispatch is not None:
+        dispatching = threading.Thread(
+            target=run_dispatcher,
+            args=(settings.kafka, settings.dispatch),
+            kwargs={"stop": stop, "policy": retry_policy(settings)},
+            name="posmon-dispatch",
+        )
+        dispatching.start()
     service.run()
+    if dispatching is not None:
+        stop.set()
+        dispatching.join()
     log.info(
         "stopped: %d messages, %d alerts raised",
         service.stats.messages,
         sum(service.stats.raised.values()),
     )
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    settings = load_settings(args.config, flags={"kafka.bootstrap_servers": args.bootstrap_servers})
+    if settings.dispatch is None:
+        raise UsageError("the configuration has no `dispatch:` section (channels and routes)")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO names URLs; Slack's is a secret
+    dispatcher = run_dispatcher(
+        settings.kafka, settings.dispatch, stop=stop, policy=retry_policy(settings)
+    )
+    logging.getLogger("posmon").info("stopped: %s", dispatcher.stats)
     return 0
 
 

@@ -552,3 +552,50 @@ def _caught_up(consumer: Any, partitions: Collection[TopicPartition]) -> bool:
         if highwater is None or position is None or position < highwater:
             return False
     return True
+
+
+class KafkaOutbox:
+    """The dispatcher's durable writes: ledger records (keyed `alert_id/channel`, later ones
+    win, so the topic may be compacted) and parked alerts on the alerts dead-letter topic.
+    Each call returns only when the broker acknowledged every record."""
+
+    def __init__(self, settings: KafkaSettings, *, ledger_topic: str, dlq_topic: str) -> None:
+        self._producer = KafkaProducer(**client_config(settings, "producer"))
+        self.ledger_topic, self.dlq_topic = ledger_topic, dlq_topic
+
+    def record(self, records: Sequence[dict[str, object]]) -> None:
+        futures = [
+            self._producer.send(
+                self.ledger_topic,
+                key=f"{r['alert_id']}/{r['channel']}".encode(),
+                value=json.dumps(r).encode(),
+            )
+            for r in records
+        ]
+        self._producer.flush()
+        _check(futures)
+
+    def park(self, parked: Sequence[dict[str, object]]) -> None:
+        futures = [
+            self._producer.send(self.dlq_topic, value=json.dumps(p).encode()) for p in parked
+        ]
+        self._producer.flush()
+        _check(futures)
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+def read_ledger(
+    settings: KafkaSettings, topic: str, *, timeout_s: float = 30.0
+) -> list[dict[str, object]]:
+    """Every ledger record on `topic`, oldest first (the dispatcher restores its dedup from it)."""
+    records = []
+    for record in read_topic(settings, topic, timeout_s=timeout_s):
+        try:
+            value = json.loads(record.value)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            records.append(value)
+    return records

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.config import Policy, Seconds
 from monitor.kafka import KafkaSettings
+from monitor.routing import DispatchConfig
 
 ENV_PREFIX = "POSMON_"
 CONFIG_ENV = "POSMON_CONFIG"
@@ -44,11 +45,22 @@ class RunSettings(_Strict):
     stall_after: Seconds = 60.0  # /healthz fails when the loop has not turned for this long
 
 
+class DeliverySettings(_Strict):
+    """Retries of a channel that fails: exponential backoff with jitter, honouring Retry-After,
+    until `deadline`, after which the alert is parked on `posmon.alerts.dlq`."""
+
+    initial: Seconds = 1.0
+    max_delay: Seconds = 60.0
+    deadline: Seconds = 3600.0
+
+
 class Settings(_Strict):
     policy: Policy = Policy()
     kafka: KafkaSettings = KafkaSettings()
     metrics: MetricsSettings = MetricsSettings()
     run: RunSettings = RunSettings()
+    dispatch: DispatchConfig | None = None  # channels and routes; `posmon run` dispatches too
+    delivery: DeliverySettings = DeliverySettings()
 
 
 def load_settings(

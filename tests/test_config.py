@@ -109,3 +109,10 @@ def test_a_duration_from_the_environment_may_be_bare_seconds() -> None:
     settings = load_settings(None, environ=environ)
     assert settings.policy.allowed_lateness == 45
     assert settings.kafka.idle_partition_s == 1.5
+
+
+def test_the_dispatch_example_is_valid() -> None:
+    example = Path(__file__).parent.parent / "config" / "dispatch.example.yaml"
+    settings = load_settings(example, environ={})
+    assert settings.dispatch is not None
+    assert [r.name for r in settings.dispatch.routes][0] == "operations"

@@ -1,0 +1,222 @@
+"""The dispatch loop: alerts from the alerts topic to the on-call channels (DESIGN "The two loops").
+
+    poll alerts -> inhibit-observe and group (monitor.notify) -> at each tick, for every due
+    group: inhibition, dedup per channel (the ledger), storm limit, deliver with retry
+    (monitor.delivery) -> record what was said (the ledger, durably) or park what could not be
+    said (`posmon.alerts.dlq`) -> commit the alerts that are settled
+
+An alert's offset is committed only once every group it joined has been flushed and delivered
+(or parked, inhibited, or found already said): a crash re-reads the unsettled alerts, and the
+ledger, restored at start-up, turns what was already paged into "duplicate". Scoring never waits
+on HTTP: this loop runs apart from it, and an undeliverable page waits on the topic.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from monitor.alerts import Alert
+from monitor.channels.base import Channel, Notification
+from monitor.delivery import Delivered, Deliverer, Parked
+from monitor.notify import Flush, Groups, Inhibitor, Ledger, StormLimiter, dedup
+from monitor.pipeline import Batch, Source
+from monitor.routing import DispatchConfig
+
+
+class Outbox(Protocol):
+    """Where the dispatcher writes durably: ledger records and parked alerts."""
+
+    def record(self, records: Sequence[dict[str, object]]) -> None: ...
+
+    def park(self, parked: Sequence[dict[str, object]]) -> None: ...
+
+
+@dataclass
+class DispatchStats:
+    received: int = 0
+    invalid: int = 0
+    inhibited: int = 0
+    duplicates: int = 0
+    folded: int = 0
+    delivered: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    parked: int = 0
+    summaries: int = 0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: DispatchConfig,
+        channels: Mapping[str, Channel],
+        deliverer: Deliverer,
+        outbox: Outbox,
+        *,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.config = config
+        self.channels = channels
+        self.deliverer = deliverer
+        self.outbox = outbox
+        self.ledger = ledger or Ledger()
+        self.groups = Groups(config)
+        self.inhibitor = Inhibitor(config.inhibitions)
+        self.storm = StormLimiter()
+        self.stats = DispatchStats()
+        # Unsettled alerts: (partition, offset) -> the groups still to flush it.
+        self._waiting: dict[tuple[int, int], set[str]] = {}
+        self._by_alert: dict[str, set[tuple[int, int]]] = defaultdict(set)
+        self._received: dict[int, list[int]] = defaultdict(list)  # offsets in order of arrival
+
+    # -- input -------------------------------------------------------------------------------
+
+    def receive(self, batch: Batch, now: float) -> None:
+        """Take a batch of alert messages; `batch.position` maps partition -> next offset."""
+        assert isinstance(batch.position, dict)
+        for partition, messages in batch.chunks:
+            first = batch.position[partition] - len(messages)
+            for i, raw in enumerate(messages):
+                where = (partition, first + i)
+                self._received[partition].append(where[1])
+                self.stats.received += 1
+                try:
+                    alert = Alert.model_validate_json(raw)
+                except ValidationError as exc:
+                    self.stats.invalid += 1
+                    self.outbox.park(
+                        [
+                            {
+                                "reason": "invalid_alert",
+                                "error": _one_line(exc),
+                                "raw": raw.decode(errors="replace"),
+                            }
+                        ]
+                    )
+                    continue
+                self.inhibitor.observe(alert, now)
+                keys = self.groups.add(alert, now)
+                if keys:
+                    self._waiting[where] = {str(k) for k in keys}
+                    self._by_alert[alert.alert_id].add(where)
+
+    # -- the tick ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Deliver every group that is due, then the storm summaries whose interval is over."""
+        for flush in self.groups.due(now):
+            self._flush(flush, now)
+        for summary in self.storm.due(now):
+            route = self.config.route(summary.route)
+            note = Notification(
+                "trigger", tuple(summary.examples), f"{summary.route}/storm", summary.text
+            )
+            for name in route.channels:
+                self._deliver(name, note, now, record=False)
+            self.stats.summaries += 1
+
+    def _flush(self, flush: Flush, now: float) -> None:
+        route = flush.route
+        per_channel: dict[str, list[Alert]] = {name: [] for name in route.channels}
+        for alert in flush.alerts:
+            if self.inhibitor.inhibited(alert, now) is not None:
+                self.stats.inhibited += 1
+                continue
+            decisions = {
+                name: dedup(self.ledger, alert, name, now, route.repeat_interval)
+                for name in route.channels
+            }
+            if not any(d.notify for d in decisions.values()):
+                self.stats.duplicates += 1
+                continue
+            if not self.storm.admit(route, alert, now).notify:
+                self.stats.folded += 1
+                continue
+            for name, decision in decisions.items():
+                if decision.notify:
+                    per_channel[name].append(alert)
+        for name, alerts in per_channel.items():
+            if alerts:
+                note = Notification("trigger", tuple(alerts), str(flush.key))
+                if self._deliver(name, note, now, record=True) is None:
+                    return  # stopping: the group's alerts stay unsettled and are read again
+        for alert in flush.alerts:
+            self._settle(alert.alert_id, str(flush.key))
+
+    def _deliver(self, name: str, note: Notification, now: float, *, record: bool) -> bool | None:
+        """True delivered, False parked, None interrupted (the process is stopping)."""
+        result = self.deliverer.deliver(self.channels[name], note)
+        if isinstance(result, Delivered):
+            self.stats.delivered[(name, "delivered")] += 1
+            if record:
+                self.outbox.record([self.ledger.note(a, name, note.kind, now) for a in note.alerts])
+            return True
+        if isinstance(result, Parked):
+            self.stats.parked += 1
+            self.stats.delivered[(name, f"parked_{result.cause}")] += 1
+            self.outbox.park(
+                [
+                    {"reason": result.reason, "channel": name, "alert": a.model_dump(mode="json")}
+                    for a in note.alerts
+                ]
+            )
+            return False
+        return None
+
+    def _settle(self, alert_id: str, group: str) -> None:
+        for where in list(self._by_alert.get(alert_id, ())):
+            waiting = self._waiting.get(where)
+            if waiting is not None:
+                waiting.discard(group)
+                if not waiting:
+                    del self._waiting[where]
+                    self._by_alert[alert_id].discard(where)
+        if not self._by_alert.get(alert_id):
+            self._by_alert.pop(alert_id, None)
+
+    # -- commits -----------------------------------------------------------------------------
+
+    def committable(self) -> dict[int, int]:
+        """Per partition, the next offset to commit: just past the longest settled prefix."""
+        positions = {}
+        for partition, offsets in self._received.items():
+            settled = 0
+            for offset in offsets:
+                if (partition, offset) in self._waiting:
+                    break
+                settled += 1
+            if settled:
+                positions[partition] = offsets[settled - 1] + 1
+                del offsets[:settled]
+        return positions
+
+
+def run_dispatch(
+    source: Source,
+    dispatcher: Dispatcher,
+    *,
+    now: Callable[[], float],
+    stopping: Callable[[], bool],
+) -> None:
+    """The loop: receive what the source has, tick, commit what is settled."""
+    while not stopping():
+        batch = source.poll()
+        if batch is None:
+            return
+        moment = now()
+        if batch.chunks:
+            dispatcher.receive(batch, moment)
+        dispatcher.tick(moment)
+        positions = dispatcher.committable()
+        if positions:
+            source.commit(Batch([], positions))
+
+
+def _one_line(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )

@@ -1,0 +1,169 @@
+"""The dispatch loop with the stages wired: one page per outage, nothing paged twice, commits
+only after the page went out (or was parked)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from monitor.alerts import Alert, alert_id
+from monitor.channels.base import DELIVERED, Notification, Outcome
+from monitor.delivery import Deliverer, RetryPolicy
+from monitor.dispatch import Dispatcher
+from monitor.notify import Ledger
+from monitor.pipeline import Batch
+from monitor.routing import DispatchConfig
+
+T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+CONFIG = DispatchConfig.model_validate(
+    {
+        "channels": {"ops": {"type": "console"}, "risk": {"type": "console"}},
+        "routes": [
+            {
+                "name": "operations",
+                "match": {"detectors": ["terminal_failure_spike", "missing_reversal"]},
+                "channels": ["ops"],
+                "group_by": ["detector", "terminal_id"],
+                "group_wait": 10,
+                "group_interval": 60,
+            },
+            {
+                "name": "risk",
+                "match": {"severities": ["critical"]},
+                "channels": ["risk"],
+                "group_wait": 5,
+            },
+        ],
+    }
+)
+
+
+class FakeChannel:
+    supports_resolve = True
+
+    def __init__(self, name: str, outcomes: list[Outcome] | None = None) -> None:
+        self.name = name
+        self.outcomes = outcomes or []
+        self.sent: list[Notification] = []
+
+    def send(self, notification: Notification) -> Outcome:
+        self.sent.append(notification)
+        return self.outcomes.pop(0) if self.outcomes else DELIVERED
+
+
+class MemoryOutbox:
+    def __init__(self) -> None:
+        self.records: list[dict[str, object]] = []
+        self.parked: list[dict[str, object]] = []
+
+    def record(self, records: Any) -> None:
+        self.records += records
+
+    def park(self, parked: Any) -> None:
+        self.parked += parked
+
+
+def make_alert(
+    detector: str, key: str, *, terminal: str = "T1", severity: str = "warning", count: int = 1
+) -> Alert:
+    return Alert(
+        alert_id=alert_id(detector, key),
+        detector=detector,
+        severity=severity,
+        terminal_id=terminal,
+        merchant_id="M1",
+        card_id=None,
+        first_seen=T0,
+        last_seen=T0 + timedelta(seconds=count),
+        event_ids=[f"e-{key}"],
+        count=count,
+        summary=f"{detector} {key}",
+        details={},
+    )
+
+
+def batch(alerts: list[Alert], start: int = 0) -> Batch:
+    messages = [a.model_dump_json().encode() for a in alerts]
+    return Batch([(0, messages)], {0: start + len(messages)})
+
+
+def dispatcher(
+    channels: dict[str, FakeChannel], ledger: Ledger | None = None
+) -> tuple[Dispatcher, MemoryOutbox]:
+    clock = [0.0]
+    deliverer = Deliverer(
+        RetryPolicy(initial=1, deadline=30, jitter=0),
+        now=lambda: clock[0],
+        sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+    )
+    outbox = MemoryOutbox()
+    return Dispatcher(CONFIG, channels, deliverer, outbox, ledger=ledger), outbox
+
+
+def test_one_outage_one_operations_page_and_commits_follow_delivery() -> None:
+    ops, risk = FakeChannel("ops"), FakeChannel("risk")
+    d, outbox = dispatcher({"ops": ops, "risk": risk})
+    cards = [make_alert("missing_reversal", f"card{i}") for i in range(50)]
+    spike = make_alert("terminal_failure_spike", "T1")
+    d.receive(batch([*cards, spike]), now=0.0)
+    d.tick(1.0)
+    assert ops.sent == []
+    assert d.committable() == {}  # nothing is settled before its group went out
+    d.tick(11.0)
+    assert [n.alerts[0].detector for n in ops.sent] == ["terminal_failure_spike"]
+    assert d.stats.inhibited == 50
+    assert d.committable() == {0: 51}
+    assert {r["alert_id"] for r in outbox.records} == {spike.alert_id}
+
+
+def test_nothing_is_paged_twice_across_a_restart() -> None:
+    risk = FakeChannel("risk")
+    ghost = make_alert("failed_then_debited", "g1", severity="critical")
+    d, outbox = dispatcher({"ops": FakeChannel("ops"), "risk": risk})
+    d.receive(batch([ghost]), 0.0)
+    d.tick(6.0)
+    assert len(risk.sent) == 1
+    # A restart before the commit: the alert is read again, the ledger says it was said.
+    restored = Ledger.restore(json.loads(json.dumps(outbox.records)))
+    risk_again = FakeChannel("risk")
+    d2, _ = dispatcher({"ops": FakeChannel("ops"), "risk": risk_again}, ledger=restored)
+    d2.receive(batch([ghost]), 100.0)
+    d2.tick(106.0)
+    assert risk_again.sent == []
+    assert d2.stats.duplicates == 1
+    assert d2.committable() == {0: 1}
+    # A grown alert is news: one update, at the group's next interval (5 min by default).
+    d2.receive(batch([ghost.model_copy(update={"count": 2})], start=1), 200.0)
+    d2.tick(206.0)
+    assert risk_again.sent == []
+    d2.tick(406.0)
+    assert len(risk_again.sent) == 1
+    assert d2.committable() == {0: 2}
+
+
+def test_a_permanent_refusal_is_parked_after_one_attempt_and_committed() -> None:
+    risk = FakeChannel("risk", [Outcome("permanent", "400 invalid routing key")])
+    d, outbox = dispatcher({"ops": FakeChannel("ops"), "risk": risk})
+    d.receive(batch([make_alert("duplicate_debit", "d1", severity="critical")]), 0.0)
+    d.tick(6.0)
+    assert len(risk.sent) == 1
+    assert [p["reason"] for p in outbox.parked] == ["risk: 400 invalid routing key"]
+    assert d.committable() == {0: 1}
+
+
+def test_retries_until_the_channel_recovers() -> None:
+    risk = FakeChannel("risk", [Outcome("retry", "503"), Outcome("retry", "429", retry_after=2.0)])
+    d, outbox = dispatcher({"ops": FakeChannel("ops"), "risk": risk})
+    d.receive(batch([make_alert("duplicate_debit", "d1", severity="critical")]), 0.0)
+    d.tick(6.0)
+    assert len(risk.sent) == 3
+    assert outbox.parked == []
+    assert len(outbox.records) == 1
+
+
+def test_a_message_that_is_not_an_alert_is_parked_not_lost() -> None:
+    d, outbox = dispatcher({"ops": FakeChannel("ops"), "risk": FakeChannel("risk")})
+    d.receive(Batch([(0, [b"{not an alert"])], {0: 1}), 0.0)
+    assert outbox.parked[0]["reason"] == "invalid_alert"
+    assert d.committable() == {0: 1}
