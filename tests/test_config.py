@@ -115,4 +115,4 @@ def test_the_dispatch_example_is_valid() -> None:
     example = Path(__file__).parent.parent / "config" / "dispatch.example.yaml"
     settings = load_settings(example, environ={})
     assert settings.dispatch is not None
-    assert [r.name for r in settings.dispatch.routes][0] == "operations"
+    assert settings.dispatch.routes[0].name == "operations"
