@@ -235,10 +235,25 @@ def _simulate_to_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: the loops finish their batch and stop cleanly."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _log_to_stderr() -> logging.Logger:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is a line per connection
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO names URLs; Slack's is a secret
+    return logging.getLogger("posmon")
+
+
+def _run(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
     settings = load_settings(
         args.config,
         flags={
@@ -248,14 +263,7 @@ def _run(args: argparse.Namespace) -> int:
             "metrics.port": args.metrics_port,
         },
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(
-        logging.WARNING
-    )  # its INFO names URLs; Slack's is a secret  # its INFO is a line per connection
-    log = logging.getLogger("posmon")
+    log = _log_to_stderr()
     service = Service(settings, stop=stop)
     log.info(
         "consuming %s on %s as group %s; /metrics, /healthz, /readyz on port %d",
@@ -287,21 +295,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = _stop_on_signals()
     settings = load_settings(args.config, flags={"kafka.bootstrap_servers": args.bootstrap_servers})
     if settings.dispatch is None:
         raise UsageError("the configuration has no `dispatch:` section (channels and routes)")
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO names URLs; Slack's is a secret
+    log = _log_to_stderr()
     dispatcher = run_dispatcher(
         settings.kafka, settings.dispatch, stop=stop, policy=retry_policy(settings)
     )
-    logging.getLogger("posmon").info("stopped: %s", dispatcher.stats)
+    log.info("stopped: %s", dispatcher.stats)
     return 0
 
 

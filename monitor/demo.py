@@ -21,9 +21,12 @@ from rich.live import Live
 from rich.table import Table
 
 from monitor.alerts import DETECTORS, Alert
+from monitor.delivery import RetryPolicy
 from monitor.embedded import EmbeddedBroker
 from monitor.files import JsonlSink
 from monitor.kafka import KafkaSettings, ensure_topics, produce_lines
+from monitor.oncall import run_dispatcher
+from monitor.routing import DispatchConfig
 from monitor.service import Service
 from monitor.settings import MetricsSettings, Settings
 from monitor.simulate import Simulation, SimulationSpec
@@ -74,6 +77,19 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         watch = _AlertWatch()
         service = Service(settings, also=[file_sink, watch])
         producer = _Producer(kafka, options)
+        # The dispatch loop, as in production, delivering to a file channel (the console shows
+        # the live view): grouped, deduplicated, one outage one page.
+        pages = options.out / "notifications.jsonl"
+        paging_stop = threading.Event()
+        paging = threading.Thread(
+            target=run_dispatcher,
+            args=(kafka, _dispatch_config(pages)),
+            kwargs={
+                "stop": paging_stop,
+                "policy": RetryPolicy(initial=0.5, max_delay=5, deadline=60),
+            },
+            name="posmon-dispatch",
+        )
         console.print(
             f"broker {broker.bootstrap_servers}, topic {TOPIC} ({PARTITIONS} partitions);"
             f" metrics on http://127.0.0.1:{service.endpoints.port}/metrics;"
@@ -83,6 +99,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         started = time.monotonic()
         try:
             loop.start()
+            paging.start()
             producer.start()
             with Live(console=console, refresh_per_second=2, transient=False) as live:
                 while producer.is_alive() and loop.is_alive():
@@ -102,8 +119,31 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             loop.join(timeout=30)
             producer.join(timeout=10)
             file_sink.close()
-    _summary(console, service, producer, alerts_path, dlq_path)
+            paging_stop.wait(_GROUP_INTERVAL_S + 1)  # the last groups go out
+            paging_stop.set()
+            paging.join(timeout=30)
+    _summary(console, service, producer, alerts=alerts_path, dlq=dlq_path, pages=pages)
     return 0
+
+
+_GROUP_INTERVAL_S = 3.0
+
+
+def _dispatch_config(pages: Path) -> DispatchConfig:
+    return DispatchConfig.model_validate(
+        {
+            "channels": {"file": {"type": "file", "path": str(pages)}},
+            "routes": [
+                {
+                    "name": "demo",
+                    "channels": ["file"],
+                    "group_by": ["detector", "merchant_id"],
+                    "group_wait": 1,
+                    "group_interval": _GROUP_INTERVAL_S,
+                }
+            ],
+        }
+    )
 
 
 def _drain(service: Service, loop: threading.Thread, live: Live, view: object) -> None:
@@ -181,8 +221,9 @@ def _view(service: Service, producer: _Producer, watch: _AlertWatch, elapsed: fl
 
 
 def _summary(
-    console: Console, service: Service, producer: _Producer, alerts: Path, dlq: Path
+    console: Console, service: Service, producer: _Producer, *, alerts: Path, dlq: Path, pages: Path
 ) -> None:
+    notifications = pages.read_text().count("\n") if pages.exists() else 0
     print_summary(
         console,
         title="posmon demo: summary",
@@ -191,4 +232,6 @@ def _summary(
         alerts=alerts,
         dead_letters=dlq,
         head=(("events produced", f"{producer.sent:,}"),),
+        tail=(("notifications delivered (grouped)", f"{notifications:,}"),),
     )
+    console.print(f"notifications: {pages}", highlight=False)

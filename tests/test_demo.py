@@ -54,6 +54,11 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     detectors = {a["detector"] for a in alerts}
     assert {"failed_then_debited", "missing_reversal", "large_amount"} <= detectors
+    pages = [
+        json.loads(line) for line in (tmp_path / "notifications.jsonl").read_text().splitlines()
+    ]
+    paged = {alert_id for page in pages for alert_id in page["alert_ids"]}
+    assert paged and paged <= {a["alert_id"] for a in alerts}  # the dispatcher delivered them
     assert _brokers_on(output) == set()  # no broker left behind
 
 
