@@ -127,8 +127,9 @@ class Scorer:
             self.late += 1
         if t > self._partition_max:
             self._partition_max = t
-            if self._solo:  # one partition (a replay): the watermark follows every event
-                self.watermark.value = max(watermark, t - self.lateness)
+            if self._solo and t - self.lateness > watermark:
+                # One partition (a replay): the watermark follows every event.
+                self.watermark.value = t - self.lateness
         _HANDLERS[kind](self, ev)
 
     def _on_request(self, ev: Event) -> None:
