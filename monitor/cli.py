@@ -17,11 +17,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from monitor import __version__
 from monitor.alerts import alert_json_schema
 from monitor.demo import DemoOptions, run_demo
+from monitor.dispatch import Dispatcher
+from monitor.endpoints import Endpoints
 from monitor.events import event_json_schema
 from monitor.files import JsonlSink, read_messages
 from monitor.kafka import produce_lines
@@ -278,7 +281,7 @@ def _run(args: argparse.Namespace) -> int:
         dispatching = threading.Thread(
             target=run_dispatcher,
             args=(settings.kafka, settings.dispatch),
-            kwargs={"stop": stop, "policy": retry_policy(settings)},
+            kwargs={"stop": stop, "policy": retry_policy(settings), "registry": service.registry},
             name="posmon-dispatch",
         )
         dispatching.start()
@@ -300,9 +303,36 @@ def _dispatch(args: argparse.Namespace) -> int:
     if settings.dispatch is None:
         raise UsageError("the configuration has no `dispatch:` section (channels and routes)")
     log = _log_to_stderr()
-    dispatcher = run_dispatcher(
-        settings.kafka, settings.dispatch, stop=stop, policy=retry_policy(settings)
-    )
+    registry = CollectorRegistry()
+    running: list[Dispatcher] = []
+    stall_after = settings.run.stall_after
+
+    def health() -> tuple[bool, str]:
+        turned = running[0].last_turn if running else None
+        if turned is None:
+            return (not running), "starting" if not running else "the loop has not turned yet"
+        idle = time.monotonic() - turned
+        return idle <= stall_after, f"the loop turned {idle:.0f} s ago"
+
+    def ready() -> tuple[bool, str]:
+        ok = bool(running) and running[0].last_turn is not None
+        return ok, "ready" if ok else "not ready: starting"
+
+    endpoints = Endpoints(
+        settings.metrics.host, settings.metrics.port, registry, health=health, ready=ready
+    ).start()
+    log.info("dispatching %s; /metrics on port %d", settings.kafka.alerts_topic, endpoints.port)
+    try:
+        dispatcher = run_dispatcher(
+            settings.kafka,
+            settings.dispatch,
+            stop=stop,
+            policy=retry_policy(settings),
+            registry=registry,
+            started=running.append,
+        )
+    finally:
+        endpoints.stop()
     log.info("stopped: %s", dispatcher.stats)
     return 0
 

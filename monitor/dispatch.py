@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from monitor.alerts import Alert
 from monitor.channels.base import Channel, Notification
-from monitor.delivery import Delivered, Deliverer, Parked
+from monitor.delivery import Delivered, Deliverer, Interrupted, Parked
+from monitor.metrics import DispatchMetrics
 from monitor.notify import Flush, Groups, Inhibitor, Ledger, StormLimiter, dedup
 from monitor.pipeline import Batch, Source
 from monitor.routing import DispatchConfig
@@ -57,6 +58,8 @@ class Dispatcher:
         outbox: Outbox,
         *,
         ledger: Ledger | None = None,
+        metrics: DispatchMetrics | None = None,
+        clock: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.config = config
         self.channels = channels
@@ -67,6 +70,14 @@ class Dispatcher:
         self.inhibitor = Inhibitor(config.inhibitions)
         self.storm = StormLimiter()
         self.stats = DispatchStats()
+        self.metrics = metrics
+        self._clock = clock  # for delivery latency only; decisions use the `now` passed in
+        self._since: dict[tuple[int, int], float] = {}  # unsettled alert -> when it arrived
+        self.last_turn: float | None = None  # when the loop last turned (for /healthz)
+        if metrics is not None:
+            # Read at scrape time: the loop itself may be busy retrying a channel that is down,
+            # which is exactly when the age of the backlog matters.
+            metrics.oldest.set_function(lambda: self.oldest_undelivered(self._clock()))
         # Unsettled alerts: (partition, offset) -> the groups still to flush it.
         self._waiting: dict[tuple[int, int], set[str]] = {}
         self._by_alert: dict[str, set[tuple[int, int]]] = defaultdict(set)
@@ -101,6 +112,7 @@ class Dispatcher:
                 keys = self.groups.add(alert, now)
                 if keys:
                     self._waiting[where] = {str(k) for k in keys}
+                    self._since[where] = now
                     self._by_alert[alert.alert_id].add(where)
 
     # -- the tick ----------------------------------------------------------------------------
@@ -124,6 +136,7 @@ class Dispatcher:
         for alert in flush.alerts:
             if self.inhibitor.inhibited(alert, now) is not None:
                 self.stats.inhibited += 1
+                self._withheld("inhibited")
                 continue
             decisions = {
                 name: dedup(self.ledger, alert, name, now, route.repeat_interval)
@@ -131,9 +144,11 @@ class Dispatcher:
             }
             if not any(d.notify for d in decisions.values()):
                 self.stats.duplicates += 1
+                self._withheld("duplicate")
                 continue
             if not self.storm.admit(route, alert, now).notify:
                 self.stats.folded += 1
+                self._withheld("folded")
                 continue
             for name, decision in decisions.items():
                 if decision.notify:
@@ -148,7 +163,16 @@ class Dispatcher:
 
     def _deliver(self, name: str, note: Notification, now: float, *, record: bool) -> bool | None:
         """True delivered, False parked, None interrupted (the process is stopping)."""
+        started = self._clock()
         result = self.deliverer.deliver(self.channels[name], note)
+        if self.metrics is not None and not isinstance(result, Interrupted):
+            outcome = f"parked_{result.cause}" if isinstance(result, Parked) else "delivered"
+            self.metrics.delivered.labels(channel=name, outcome=outcome).inc()
+            self.metrics.latency.labels(channel=name).observe(self._clock() - started)
+            if result.attempts > 1:
+                self.metrics.retries.labels(channel=name).inc(result.attempts - 1)
+            if isinstance(result, Parked):
+                self.metrics.parked.labels(channel=name, cause=result.cause).inc(len(note.alerts))
         if isinstance(result, Delivered):
             self.stats.delivered[(name, "delivered")] += 1
             if record:
@@ -173,9 +197,19 @@ class Dispatcher:
                 waiting.discard(group)
                 if not waiting:
                     del self._waiting[where]
+                    self._since.pop(where, None)
                     self._by_alert[alert_id].discard(where)
         if not self._by_alert.get(alert_id):
             self._by_alert.pop(alert_id, None)
+
+    def _withheld(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.withheld.labels(reason=reason).inc()
+
+    def oldest_undelivered(self, now: float) -> float:
+        """Seconds since the oldest unsettled alert arrived (0 when none)."""
+        since = list(self._since.values())  # a copy: the scrape thread reads it too
+        return now - min(since) if since else 0.0
 
     # -- commits -----------------------------------------------------------------------------
 
@@ -206,7 +240,7 @@ def run_dispatch(
         batch = source.poll()
         if batch is None:
             return
-        moment = now()
+        moment = dispatcher.last_turn = now()
         if batch.chunks:
             dispatcher.receive(batch, moment)
         dispatcher.tick(moment)

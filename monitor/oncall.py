@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -25,6 +26,7 @@ from monitor.channels.webhook import WebhookChannel
 from monitor.delivery import Deliverer, RetryPolicy
 from monitor.dispatch import Dispatcher, run_dispatch
 from monitor.kafka import KafkaOutbox, KafkaSettings, KafkaSource, ensure_topics, read_ledger
+from monitor.metrics import DispatchMetrics
 from monitor.notify import Ledger
 from monitor.routing import ChannelConfig, DispatchConfig
 from monitor.settings import ConfigError, Settings
@@ -97,6 +99,8 @@ def run_dispatcher(
     stop: threading.Event,
     console: Console | None = None,
     policy: RetryPolicy | None = None,
+    registry: CollectorRegistry | None = None,
+    started: Callable[[Dispatcher], None] = lambda _: None,
 ) -> Dispatcher:
     """Consume the alerts topic in its own group and deliver until `stop` is set."""
     alerts = kafka.alerts_topic
@@ -111,9 +115,16 @@ def run_dispatcher(
         policy or RetryPolicy(), now=time.monotonic, sleep=stop.wait, stopping=stop.is_set
     )
     dispatcher = Dispatcher(
-        config, build_channels(config, console=console), deliverer, outbox, ledger=ledger
+        config,
+        build_channels(config, console=console),
+        deliverer,
+        outbox,
+        ledger=ledger,
+        metrics=DispatchMetrics(registry) if registry is not None else None,
+        clock=time.monotonic,
     )
     source = KafkaSource(source_settings)
+    started(dispatcher)
     try:
         run_dispatch(source, dispatcher, now=time.monotonic, stopping=stop.is_set)
     finally:

@@ -7,10 +7,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from monitor.alerts import Alert, alert_id
 from monitor.channels.base import DELIVERED, Notification, Outcome
 from monitor.delivery import Deliverer, RetryPolicy
 from monitor.dispatch import Dispatcher
+from monitor.metrics import DispatchMetrics
 from monitor.notify import Ledger
 from monitor.pipeline import Batch
 from monitor.routing import DispatchConfig
@@ -89,7 +92,9 @@ def batch(alerts: list[Alert], start: int = 0) -> Batch:
 
 
 def dispatcher(
-    channels: dict[str, FakeChannel], ledger: Ledger | None = None
+    channels: dict[str, FakeChannel],
+    ledger: Ledger | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> tuple[Dispatcher, MemoryOutbox]:
     clock = [0.0]
     deliverer = Deliverer(
@@ -98,7 +103,11 @@ def dispatcher(
         sleep=lambda s: clock.__setitem__(0, clock[0] + s),
     )
     outbox = MemoryOutbox()
-    return Dispatcher(CONFIG, channels, deliverer, outbox, ledger=ledger), outbox
+    metrics = DispatchMetrics(registry) if registry is not None else None
+    d = Dispatcher(
+        CONFIG, channels, deliverer, outbox, ledger=ledger, metrics=metrics, clock=lambda: clock[0]
+    )
+    return d, outbox
 
 
 def test_one_outage_one_operations_page_and_commits_follow_delivery() -> None:
@@ -167,3 +176,29 @@ def test_a_message_that_is_not_an_alert_is_parked_not_lost() -> None:
     d.receive(Batch([(0, [b"{not an alert"])], {0: 1}), 0.0)
     assert outbox.parked[0]["reason"] == "invalid_alert"
     assert d.committable() == {0: 1}
+
+
+def test_delivery_metrics() -> None:
+    registry = CollectorRegistry()
+    risk = FakeChannel(
+        "risk", [Outcome("retry", "503"), DELIVERED, Outcome("permanent", "400 bad")]
+    )
+    d, _ = dispatcher({"ops": FakeChannel("ops"), "risk": risk}, registry=registry)
+    cards = [make_alert("missing_reversal", f"c{i}") for i in range(3)]
+    d.receive(batch([make_alert("terminal_failure_spike", "T1"), *cards]), 0.0)
+    d.receive(batch([make_alert("duplicate_debit", "d1", severity="critical")], start=4), 0.0)
+    assert d.oldest_undelivered(4.0) == 4.0
+    d.tick(6.0)  # the risk group: one retry, then delivered
+    d.receive(batch([make_alert("duplicate_debit", "d2", severity="critical")], start=5), 7.0)
+    d.tick(400.0)  # the operations groups, and the risk group's next interval: refused, parked
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert value("posmon_alerts_delivered_total", channel="risk", outcome="delivered") == 1
+    assert value("posmon_alerts_delivered_total", channel="risk", outcome="parked_permanent") == 1
+    assert value("posmon_alerts_parked_total", channel="risk", cause="permanent") == 1
+    assert value("posmon_delivery_retries_total", channel="risk") == 1
+    assert value("posmon_dispatch_withheld_total", reason="inhibited") == 3
+    assert value("posmon_delivery_seconds_count", channel="risk") == 2
+    assert d.oldest_undelivered(400.0) == 0.0

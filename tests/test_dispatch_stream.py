@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -47,6 +49,36 @@ delivery:
     return path
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The dispatcher's /metrics as {series with labels: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    series = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            series[name] = float(value)
+    return series
+
+
+def _wait_for_backlog(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if _scrape(port).get("posmon_dispatch_oldest_undelivered_seconds", 0) > 0:
+                return
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    raise AssertionError("the restarted dispatcher never held a backlog")
+
+
 def _start(tmp_path: Path, config: Path, environ: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "monitor", "dispatch", "--config", str(config)],
@@ -79,6 +111,8 @@ def test_outage_then_recovery_delivers_every_alert_once(
         "POSMON_KAFKA__GROUP": f"{topic}-g",
         "POSMON_KAFKA__SESSION_TIMEOUT_MS": "6000",
         "POSMON_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+        "POSMON_METRICS__HOST": "127.0.0.1",
+        "POSMON_METRICS__PORT": str(port := _free_port()),
     }
     config = _config(tmp_path, pd.url)
     process = _start(tmp_path, config, environ)
@@ -87,7 +121,8 @@ def test_outage_then_recovery_delivers_every_alert_once(
         process.kill()  # killed mid-outage: nothing was committed
         process.wait()
         process = _start(tmp_path, config, environ)
-        time.sleep(3)
+        _wait_for_backlog(port)  # the restarted dispatcher holds the alerts, the outage goes on
+        time.sleep(2)
         pd.up()  # recovery
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -96,6 +131,7 @@ def test_outage_then_recovery_delivers_every_alert_once(
                 break
             time.sleep(0.5)
         time.sleep(2)  # anything doubled would show now
+        metrics = _scrape(port)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     finally:
@@ -108,4 +144,8 @@ def test_outage_then_recovery_delivers_every_alert_once(
     assert set(keys) == {a.alert_id for a in alerts}, log[-2000:]
     assert all(n == 1 for n in keys.values()), keys.most_common(3)  # none twice
     assert "rk-test" not in log  # the routing key is never logged
+    assert metrics['posmon_alerts_delivered_total{channel="pd",outcome="delivered"}'] > 0
+    assert metrics['posmon_delivery_retries_total{channel="pd"}'] > 0  # the outage was retried
+    assert metrics["posmon_dispatch_oldest_undelivered_seconds"] == 0
+    assert "rk-test" not in str(metrics)
     assert all(json.dumps(r).count("rk-test") == 1 for r in requests)  # only as the routing_key
