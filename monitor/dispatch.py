@@ -5,6 +5,12 @@
     (monitor.delivery) -> record what was said (the ledger, durably) or park what could not be
     said (`posmon.alerts.dlq`) -> commit the alerts that are settled
 
+Resolve: an incident of a detector whose incidents end by themselves (an outage that subsides,
+a burst that stops) is resolved once its alert has not grown for `RESOLVE_AFTER` of event time
+(the newest `last_seen` the dispatcher has seen: a replay resolves the same way); the channels
+that were told and support it hear `resolve`. Channels that expire firing alerts by themselves
+(Alertmanager: `repost_every`) are told again about open incidents until they resolve.
+
 An alert's offset is committed only once every group it joined has been flushed and delivered
 (or parked, inhibited, or found already said): a crash re-reads the unsettled alerts, and the
 ledger, restored at start-up, turns what was already paged into "duplicate". Scoring never waits
@@ -24,9 +30,12 @@ from monitor.alerts import Alert
 from monitor.channels.base import Channel, Notification
 from monitor.delivery import Delivered, Deliverer, Interrupted, Parked
 from monitor.metrics import DispatchMetrics
-from monitor.notify import Flush, Groups, Inhibitor, Ledger, StormLimiter, dedup
+from monitor.notify import Flush, Groups, Inhibitor, Ledger, StormLimiter, dedup, resolution
 from monitor.pipeline import Batch, Source
-from monitor.routing import DispatchConfig
+from monitor.routing import DispatchConfig, routes_for
+
+# Detectors whose incidents end by themselves, and the event time after which a quiet one has.
+RESOLVE_AFTER: dict[str, float] = {"terminal_failure_spike": 900.0, "small_amount_burst": 1800.0}
 
 
 class Outbox(Protocol):
@@ -74,6 +83,9 @@ class Dispatcher:
         self._clock = clock  # for delivery latency only; decisions use the `now` passed in
         self._since: dict[tuple[int, int], float] = {}  # unsettled alert -> when it arrived
         self.last_turn: float | None = None  # when the loop last turned (for /healthz)
+        self._open: dict[str, Alert] = {}  # notified incidents that may still resolve
+        self._event_time = 0.0  # the newest last_seen seen, epoch seconds
+        self._reposted: dict[str, float] = {}  # channel -> when open incidents were last re-sent
         if metrics is not None:
             # Read at scrape time: the loop itself may be busy retrying a channel that is down,
             # which is exactly when the age of the backlog matters.
@@ -108,6 +120,9 @@ class Dispatcher:
                         ]
                     )
                     continue
+                self._event_time = max(self._event_time, alert.last_seen.timestamp())
+                if alert.alert_id in self._open or alert.detector in RESOLVE_AFTER:
+                    self._open[alert.alert_id] = alert
                 self.inhibitor.observe(alert, now)
                 keys = self.groups.add(alert, now)
                 if keys:
@@ -121,6 +136,8 @@ class Dispatcher:
         """Deliver every group that is due, then the storm summaries whose interval is over."""
         for flush in self.groups.due(now):
             self._flush(flush, now)
+        self._resolve_quiet(now)
+        self._repost(now)
         for summary in self.storm.due(now):
             route = self.config.route(summary.route)
             note = Notification(
@@ -160,6 +177,33 @@ class Dispatcher:
                     return  # stopping: the group's alerts stay unsettled and are read again
         for alert in flush.alerts:
             self._settle(alert.alert_id, str(flush.key))
+
+    def _resolve_quiet(self, now: float) -> None:
+        for alert_id, alert in list(self._open.items()):
+            if resolution(alert, self._event_time, RESOLVE_AFTER[alert.detector]) is None:
+                continue
+            del self._open[alert_id]
+            self.inhibitor.resolve(alert_id)
+            names = {name for route in routes_for(self.config, alert) for name in route.channels}
+            for name in sorted(names):
+                channel = self.channels[name]
+                decision = dedup(self.ledger, alert, name, now, 0.0, kind="resolve")
+                if channel.supports_resolve and decision.notify:
+                    note = Notification("resolve", (alert,), alert_id)
+                    self._deliver(name, note, now, record=True)
+
+    def _repost(self, now: float) -> None:
+        """Tell channels that expire firing alerts (Alertmanager) again about open incidents."""
+        for name, channel in self.channels.items():
+            every = getattr(channel, "repost_every", None)
+            if every is None or now - self._reposted.setdefault(name, now) < every:
+                continue
+            self._reposted[name] = now
+            told = [a for a in self._open.values() if self.ledger.get(a.alert_id, name) is not None]
+            if told:
+                self._deliver(
+                    name, Notification("trigger", tuple(told), "repost"), now, record=False
+                )
 
     def _deliver(self, name: str, note: Notification, now: float, *, record: bool) -> bool | None:
         """True delivered, False parked, None interrupted (the process is stopping)."""

@@ -202,3 +202,45 @@ def test_delivery_metrics() -> None:
     assert value("posmon_dispatch_withheld_total", reason="inhibited") == 3
     assert value("posmon_delivery_seconds_count", channel="risk") == 2
     assert d.oldest_undelivered(400.0) == 0.0
+
+
+def test_a_quiet_outage_is_resolved_on_the_channels_that_heard_of_it() -> None:
+    ops, risk = FakeChannel("ops"), FakeChannel("risk")
+    d, outbox = dispatcher({"ops": ops, "risk": risk})
+    spike = make_alert("terminal_failure_spike", "T1")
+    d.receive(batch([spike]), 0.0)
+    d.tick(11.0)
+    assert [n.kind for n in ops.sent] == ["trigger"]
+    # Event time moves on (another incident, 1,000 s later): the outage has been quiet 15 min.
+    later = make_alert("failed_then_debited", "g9", severity="critical", count=1000)
+    d.receive(batch([later], start=1), 20.0)
+    d.tick(30.0)
+    assert [(n.kind, n.alerts[0].alert_id) for n in ops.sent] == [
+        ("trigger", spike.alert_id),
+        ("resolve", spike.alert_id),
+    ]
+    assert all(n.kind == "trigger" for n in risk.sent)  # risk never heard of the outage
+    d.tick(40.0)
+    assert len(ops.sent) == 2  # resolved once
+    assert [r["kind"] for r in outbox.records if r["alert_id"] == spike.alert_id] == [
+        "trigger",
+        "resolve",
+    ]
+
+
+def test_open_incidents_are_reposted_to_channels_that_expire_them() -> None:
+    ops = FakeChannel("ops")
+    ops.repost_every = 60.0  # type: ignore[attr-defined]  # as AlertmanagerChannel declares
+    d, _ = dispatcher({"ops": ops, "risk": FakeChannel("risk")})
+    spike = make_alert("terminal_failure_spike", "T1")
+    d.receive(batch([spike]), 0.0)
+    d.tick(11.0)
+    d.tick(30.0)
+    d.tick(75.0)
+    d.tick(80.0)
+    d.tick(140.0)
+    assert [n.group_key for n in ops.sent] == [
+        "operations/terminal_failure_spike/T1",
+        "repost",
+        "repost",
+    ]

@@ -39,6 +39,9 @@ class AlertmanagerChannel:
 
     name = "alertmanager"
     supports_resolve = True
+    # Alertmanager resolves a firing alert it has not heard of for `resolve_timeout` (5 min by
+    # default): the dispatcher re-posts open incidents this often until they resolve.
+    repost_every = 60.0
 
     def __init__(
         self,
