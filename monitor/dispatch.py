@@ -121,6 +121,11 @@ class Dispatcher:
                     )
                     continue
                 self._event_time = max(self._event_time, alert.last_seen.timestamp())
+                if alert.details.get("resolved") is True:  # the scorer saw the incident end
+                    self._open.pop(alert.alert_id, None)
+                    self.groups.resolve(alert.alert_id)
+                    self._resolve(alert, now)
+                    continue
                 if alert.alert_id in self._open or alert.detector in RESOLVE_AFTER:
                     self._open[alert.alert_id] = alert
                 self.inhibitor.observe(alert, now)
@@ -183,14 +188,17 @@ class Dispatcher:
             if resolution(alert, self._event_time, RESOLVE_AFTER[alert.detector]) is None:
                 continue
             del self._open[alert_id]
-            self.inhibitor.resolve(alert_id)
-            names = {name for route in routes_for(self.config, alert) for name in route.channels}
-            for name in sorted(names):
-                channel = self.channels[name]
-                decision = dedup(self.ledger, alert, name, now, 0.0, kind="resolve")
-                if channel.supports_resolve and decision.notify:
-                    note = Notification("resolve", (alert,), alert_id)
-                    self._deliver(name, note, now, record=True)
+            self._resolve(alert, now)
+
+    def _resolve(self, alert: Alert, now: float) -> None:
+        """Tell every channel that heard of `alert`, and can, that its incident ended."""
+        self.inhibitor.resolve(alert.alert_id)
+        names = {name for route in routes_for(self.config, alert) for name in route.channels}
+        for name in sorted(names):
+            decision = dedup(self.ledger, alert, name, now, 0.0, kind="resolve")
+            if self.channels[name].supports_resolve and decision.notify:
+                note = Notification("resolve", (alert,), alert.alert_id)
+                self._deliver(name, note, now, record=True)
 
     def _repost(self, now: float) -> None:
         """Tell channels that expire firing alerts (Alertmanager) again about open incidents."""

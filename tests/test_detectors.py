@@ -517,3 +517,23 @@ def test_evidence_is_capped_and_the_cut_is_reported() -> None:
     assert alert.count == 9
     assert len(alert.event_ids) == 4
     assert alert.details["evidence_truncated"] == 5
+
+
+def test_a_refund_after_the_grace_gives_the_money_back_and_resolves_the_alert() -> None:
+    events = [
+        *_attempt("R1", 0, "auth_declined"),
+        event("debit_posted", 300, ref="R1"),
+        *_attempt("R2", 3600, "auth_declined"),
+        event("debit_posted", 3900, ref="R2"),
+        event("refund", 2 * H, ref="R1"),
+        tick(3 * H),
+    ]
+    (alert,) = by_detector(score(events), "failed_then_debited")
+    cases = alert.details["cases"]
+    assert isinstance(cases, list)
+    assert [c["given_back"] for c in cases] == [True, False]
+    assert alert.details["resolved"] is False
+    (alert,) = by_detector(
+        score([*events, event("reversal", 3 * H, ref="R2"), tick(4 * H)]), "failed_then_debited"
+    )
+    assert alert.details["resolved"] is True

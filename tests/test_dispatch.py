@@ -244,3 +244,16 @@ def test_open_incidents_are_reposted_to_channels_that_expire_them() -> None:
         "repost",
         "repost",
     ]
+
+
+def test_an_alert_the_scorer_resolved_is_resolved_on_the_channels() -> None:
+    risk = FakeChannel("risk")
+    d, _ = dispatcher({"ops": FakeChannel("ops"), "risk": risk})
+    ghost = make_alert("failed_then_debited", "g1", severity="critical")
+    d.receive(batch([ghost]), 0.0)
+    d.tick(6.0)
+    refunded = ghost.model_copy(update={"details": {"resolved": True}})
+    d.receive(batch([refunded], start=1), 10.0)
+    d.tick(11.0)
+    assert [n.kind for n in risk.sent] == ["trigger", "resolve"]
+    assert d.committable() == {0: 2}

@@ -5,6 +5,10 @@ failed attempt (its own `txn_ref`, or for a manual debit with a fresh reference 
 unmatched failure with the same card, terminal and amount shortly before), and fires unless a
 reversal or refund came within the grace. Cases of one card at one terminal within
 `group_window` grow one alert instead of paging again.
+
+A reversal or refund that comes after the grace still gives the money back: the case is marked
+`given_back`, and once every case of the alert is, the alert is re-emitted with
+`details.resolved = true` (the dispatcher resolves it on the channels that support it).
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ class FailedThenDebited:
         self.group_window = us(settings.group_window)
         self.max_evidence = max_evidence
         self._groups: Expiring[_Group] = Expiring(self.group_window, cap)
+        # txn_ref (the attempt's or the debit's) -> the open case a late give-back would settle
+        self._open_cases: Expiring[tuple[Incident, dict[str, object]]] = Expiring(
+            self.group_window, cap
+        )
 
     def deadline(self, debit: Event) -> int:
         return debit.t + self.grace
@@ -59,9 +67,9 @@ class FailedThenDebited:
             own is not None and own is not match and own.reversed_before(deadline)
         ):
             return None
-        return self._record_case(match, debit)
+        return self._record_case(match, debit, attempts)
 
-    def _record_case(self, attempt: Attempt, debit: Event) -> Incident:
+    def _record_case(self, attempt: Attempt, debit: Event, attempts: Attempts) -> Incident:
         failure = attempt.first_outcome
         assert failure is not None
         key = f"{attempt.card_id}\x1f{attempt.terminal_id}"
@@ -94,19 +102,45 @@ class FailedThenDebited:
         group.amounts.append(debit.amount_minor)
         cases = incident.details["cases"]
         assert isinstance(cases, list)
-        cases.append(
-            {
-                "txn_ref": attempt.txn_ref,
-                "debit_txn_ref": debit.txn_ref,
-                "failure": failure.kind,
-                "response_code": failure.response_code,
-                "amount_minor": debit.amount_minor,
-                "linked": debit.txn_ref == attempt.txn_ref,
-            }
-        )
+        case: dict[str, object] = {
+            "txn_ref": attempt.txn_ref,
+            "debit_txn_ref": debit.txn_ref,
+            "failure": failure.kind,
+            "response_code": failure.response_code,
+            "amount_minor": debit.amount_minor,
+            "linked": debit.txn_ref == attempt.txn_ref,
+            "given_back": False,
+        }
+        cases.append(case)
         incident.details["debited_minor"] = sum(group.amounts)
+        incident.details["resolved"] = False
         incident.summary = self._summary(incident, group, failure, debit.currency)
+        own = attempts.get(debit.txn_ref)
+        # A give-back already known (it came after the grace, but before this decision).
+        if _given_back(attempt) or (own is not None and own is not attempt and _given_back(own)):
+            self._settle(incident, case)
+        else:
+            for ref in {attempt.txn_ref, debit.txn_ref}:
+                self._open_cases.put(ref, debit.t, (incident, case))
         return incident
+
+    def on_give_back(self, ev: Event) -> Incident | None:
+        """A reversal or refund: if it settles a case that already fired, the grown incident."""
+        entry = self._open_cases.get(ev.txn_ref)
+        if entry is None:
+            return None
+        incident, case = entry
+        if case["given_back"]:
+            return None
+        self._settle(incident, case)
+        return incident
+
+    def _settle(self, incident: Incident, case: dict[str, object]) -> None:
+        case["given_back"] = True
+        cases = incident.details["cases"]
+        assert isinstance(cases, list)
+        if all(c["given_back"] for c in cases):
+            incident.details["resolved"] = True
 
     def _summary(self, incident: Incident, group: _Group, failure: Event, currency: str) -> str:
         amounts = group.amounts
@@ -123,3 +157,10 @@ class FailedThenDebited:
 
     def expire(self, watermark: int) -> None:
         self._groups.expire(watermark)
+        self._open_cases.expire(watermark)
+
+
+def _given_back(attempt: Attempt) -> bool:
+    """Has `attempt` any reversal or refund? At the decision, any it has came after the grace
+    (one before would have cancelled the case)."""
+    return bool(attempt.reversals or attempt.refunds)
