@@ -34,8 +34,16 @@ from monitor.notify import Flush, Groups, Inhibitor, Ledger, StormLimiter, dedup
 from monitor.pipeline import Batch, Source
 from monitor.routing import DispatchConfig, routes_for
 
+# How long the ledger remembers what was said (far beyond any repeat_interval), and how often
+# it is pruned.
+LEDGER_RETENTION = 7 * 86400.0
+_PRUNE_EVERY = 3600.0
+
 # Detectors whose incidents end by themselves, and the event time after which a quiet one has.
 RESOLVE_AFTER: dict[str, float] = {"terminal_failure_spike": 900.0, "small_amount_burst": 1800.0}
+# Other incidents (a ghost debit) are closed by people, not by posmon: after a day of event time
+# without growth they only leave their group (no more repeats), silently.
+FORGET_AFTER = 86400.0
 
 
 class Outbox(Protocol):
@@ -44,6 +52,8 @@ class Outbox(Protocol):
     def record(self, records: Sequence[dict[str, object]]) -> None: ...
 
     def park(self, parked: Sequence[dict[str, object]]) -> None: ...
+
+    def forget(self, keys: Sequence[tuple[str, str]]) -> None: ...
 
 
 @dataclass
@@ -86,6 +96,7 @@ class Dispatcher:
         self._open: dict[str, Alert] = {}  # notified incidents that may still resolve
         self._event_time = 0.0  # the newest last_seen seen, epoch seconds
         self._reposted: dict[str, float] = {}  # channel -> when open incidents were last re-sent
+        self._pruned_at: float | None = None
         if metrics is not None:
             # Read at scrape time: the loop itself may be busy retrying a channel that is down,
             # which is exactly when the age of the backlog matters.
@@ -126,8 +137,7 @@ class Dispatcher:
                     self.groups.resolve(alert.alert_id)
                     self._resolve(alert, now)
                     continue
-                if alert.alert_id in self._open or alert.detector in RESOLVE_AFTER:
-                    self._open[alert.alert_id] = alert
+                self._open[alert.alert_id] = alert
                 self.inhibitor.observe(alert, now)
                 keys = self.groups.add(alert, now)
                 if keys:
@@ -143,6 +153,11 @@ class Dispatcher:
             self._flush(flush, now)
         self._resolve_quiet(now)
         self._repost(now)
+        if self._pruned_at is None or now - self._pruned_at >= _PRUNE_EVERY:
+            self._pruned_at = now
+            forgotten = self.ledger.forget(now - LEDGER_RETENTION)
+            if forgotten:
+                self.outbox.forget(forgotten)
         for summary in self.storm.due(now):
             route = self.config.route(summary.route)
             note = Notification(
@@ -185,10 +200,15 @@ class Dispatcher:
 
     def _resolve_quiet(self, now: float) -> None:
         for alert_id, alert in list(self._open.items()):
-            if resolution(alert, self._event_time, RESOLVE_AFTER[alert.detector]) is None:
+            after = RESOLVE_AFTER.get(alert.detector, FORGET_AFTER)
+            if resolution(alert, self._event_time, after) is None:
                 continue
             del self._open[alert_id]
-            self._resolve(alert, now)
+            self.groups.resolve(alert_id)
+            if alert.detector in RESOLVE_AFTER:
+                self._resolve(alert, now)
+            else:
+                self.inhibitor.resolve(alert_id)
 
     def _resolve(self, alert: Alert, now: float) -> None:
         """Tell every channel that heard of `alert`, and can, that its incident ended."""
@@ -207,7 +227,11 @@ class Dispatcher:
             if every is None or now - self._reposted.setdefault(name, now) < every:
                 continue
             self._reposted[name] = now
-            told = [a for a in self._open.values() if self.ledger.get(a.alert_id, name) is not None]
+            told = [
+                a
+                for a in self._open.values()
+                if a.detector in RESOLVE_AFTER and self.ledger.get(a.alert_id, name) is not None
+            ]
             if told:
                 self._deliver(
                     name, Notification("trigger", tuple(told), "repost"), now, record=False
@@ -287,7 +311,8 @@ def run_dispatch(
     now: Callable[[], float],
     stopping: Callable[[], bool],
 ) -> None:
-    """The loop: receive what the source has, tick, commit what is settled."""
+    """The loop: receive what the source has, tick, commit what is settled. `now` is the wall
+    clock in seconds: the ledger's times outlive the process (and the machine)."""
     while not stopping():
         batch = source.poll()
         if batch is None:

@@ -575,6 +575,15 @@ class KafkaOutbox:
         self._producer.flush()
         _check(futures)
 
+    def forget(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Tombstones for ledger entries past their retention (compaction drops them)."""
+        futures = [
+            self._producer.send(self.ledger_topic, key=f"{alert_id}/{channel}".encode(), value=None)
+            for alert_id, channel in keys
+        ]
+        self._producer.flush()
+        _check(futures)
+
     def park(self, parked: Sequence[dict[str, object]]) -> None:
         futures = [
             self._producer.send(self.dlq_topic, value=json.dumps(p).encode()) for p in parked
@@ -589,13 +598,18 @@ class KafkaOutbox:
 def read_ledger(
     settings: KafkaSettings, topic: str, *, timeout_s: float = 30.0
 ) -> list[dict[str, object]]:
-    """Every ledger record on `topic`, oldest first (the dispatcher restores its dedup from it)."""
-    records = []
+    """The live ledger records on `topic` (the dispatcher restores its dedup from them): the
+    newest per key, none for a key whose newest record is a tombstone."""
+    records: dict[bytes | None, dict[str, object]] = {}
     for record in read_topic(settings, topic, timeout_s=timeout_s):
+        if not record.value:
+            records.pop(record.key, None)
+            continue
         try:
             value = json.loads(record.value)
         except ValueError:
             continue
         if isinstance(value, dict):
-            records.append(value)
-    return records
+            records.pop(record.key, None)  # keep the order of the newest writes
+            records[record.key] = value
+    return list(records.values())

@@ -121,12 +121,12 @@ def run_dispatcher(
         outbox,
         ledger=ledger,
         metrics=DispatchMetrics(registry) if registry is not None else None,
-        clock=time.monotonic,
+        clock=time.time,
     )
     source = KafkaSource(source_settings)
     started(dispatcher)
     try:
-        run_dispatch(source, dispatcher, now=time.monotonic, stopping=stop.is_set)
+        run_dispatch(source, dispatcher, now=time.time, stopping=stop.is_set)
     finally:
         source.close()
         outbox.close()

@@ -66,6 +66,9 @@ class MemoryOutbox:
     def park(self, parked: Any) -> None:
         self.parked += parked
 
+    def forget(self, keys: Any) -> None:
+        self.forgotten = list(keys)
+
 
 def make_alert(
     detector: str, key: str, *, terminal: str = "T1", severity: str = "warning", count: int = 1
@@ -257,3 +260,19 @@ def test_an_alert_the_scorer_resolved_is_resolved_on_the_channels() -> None:
     d.tick(11.0)
     assert [n.kind for n in risk.sent] == ["trigger", "resolve"]
     assert d.committable() == {0: 2}
+
+
+def test_the_ledger_forgets_after_its_retention_and_says_so() -> None:
+    d, outbox = dispatcher({"ops": FakeChannel("ops"), "risk": FakeChannel("risk")})
+    ghost = make_alert("failed_then_debited", "g1", severity="critical")
+    d.receive(batch([ghost]), 0.0)
+    d.tick(6.0)
+    assert d.ledger.get(ghost.alert_id, "risk") is not None
+    # Two days of event time later the ghost debit leaves its group (no more repeats) ...
+    later = make_alert("large_amount", "l1", count=2 * 86400)
+    d.receive(batch([later], start=1), 7.0)
+    d.tick(60.0)
+    # ... and a week later the ledger forgets it.
+    d.tick(8 * 86400.0)
+    assert d.ledger.get(ghost.alert_id, "risk") is None
+    assert getattr(outbox, "forgotten", []) == [(ghost.alert_id, "risk")]
