@@ -7,15 +7,17 @@ Counters are advanced once per batch from the scorer's own tallies, never per ev
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, Info
 from prometheus_client import Counter as PromCounter
 
 from monitor import __version__
+from monitor.alerts import Alert
 from monitor.events import KINDS
 
 _BATCH_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_MONEY_IDS = 100_000
 _LAG_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -77,6 +79,48 @@ class Metrics:
         )
         self.build = Info("posmon_build", "posmon version.", registry=registry)
         self.build.info({"version": __version__})
+        self.money_at_risk = PromCounter(
+            "posmon_money_at_risk_minor",
+            "Money debited in ghost and duplicate debits, in the currency's minor units.",
+            ["detector", "currency"],
+            registry=registry,
+        )
+        self.small_attempts = PromCounter(
+            "posmon_small_amount_attempts",
+            "Attempts at or below the small-amount threshold (card testing watches these).",
+            registry=registry,
+        )
+        self.rebalances = PromCounter(
+            "posmon_rebalances",
+            "Consumer-group rebalances this monitor went through.",
+            registry=registry,
+        )
+        self.watermark_delay = Gauge(
+            "posmon_watermark_delay_seconds",
+            "Wall clock minus the event-time watermark: how far behind real time decisions run.",
+            registry=registry,
+        )
+        self.state_entries = Gauge(
+            "posmon_state_entries",
+            "Entries held in each event-time store (each has a horizon and a hard cap).",
+            ["store"],
+            registry=registry,
+        )
+        self.model_score = Histogram(
+            "posmon_model_score",
+            "Anomaly model scores of scored events (empty until a model is loaded).",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "posmon_model_info",
+            "The anomaly model in use, by version (no series until a model is loaded).",
+            ["version"],
+            registry=registry,
+        )
+        self._money_counted: dict[str, int] = {}  # alert_id -> debited_minor already counted
+        self._last_small = 0
+        self._last_rebalances = 0
         # Pre-bound children: labels() costs a dict lookup and a lock on every call.
         self._consumed = {kind: self.consumed.labels(kind=kind) for kind in KINDS}
         self._last_consumed: Counter[str] = Counter()
@@ -93,6 +137,8 @@ class Metrics:
         late: int,
         new_alerts: list[tuple[str, str]],
         seconds: float,
+        emitted: Sequence[Alert] = (),
+        small_attempts: int = 0,
         newest_event_lag: float | None,
         watermark_s: float | None,
     ) -> None:
@@ -115,11 +161,40 @@ class Metrics:
             self._last_late = late
         for detector, severity in new_alerts:
             self.alerts.labels(detector=detector, severity=severity).inc()
+        for alert in emitted:
+            self._count_money(alert)
+        if small_attempts > self._last_small:
+            self.small_attempts.inc(small_attempts - self._last_small)
+            self._last_small = small_attempts
         self.processing.observe(seconds)
         if newest_event_lag is not None:
             self.event_lag.observe(max(0.0, newest_event_lag))
         if watermark_s is not None:
             self.watermark.set(watermark_s)
+
+    def _count_money(self, alert: Alert) -> None:
+        debited = alert.details.get("debited_minor")
+        currency = alert.details.get("currency")
+        if not isinstance(debited, int) or not isinstance(currency, str):
+            return
+        delta = debited - self._money_counted.get(alert.alert_id, 0)
+        if delta > 0:
+            self.money_at_risk.labels(detector=alert.detector, currency=currency).inc(delta)
+            self._money_counted[alert.alert_id] = debited
+            if len(self._money_counted) > _MONEY_IDS:  # forget the oldest; their growth is rare
+                del self._money_counted[next(iter(self._money_counted))]
+
+    def observe_state(
+        self, *, sizes: Mapping[str, int], rebalances: int, watermark_delay: float | None
+    ) -> None:
+        """The slower-moving operator series, brought up to date about once a second."""
+        for store, entries in sizes.items():
+            self.state_entries.labels(store=store).set(entries)
+        if rebalances > self._last_rebalances:
+            self.rebalances.inc(rebalances - self._last_rebalances)
+            self._last_rebalances = rebalances
+        if watermark_delay is not None:
+            self.watermark_delay.set(watermark_delay)
 
     def set_consumer_lag(self, lag: Mapping[int, int]) -> None:
         for partition, messages in lag.items():

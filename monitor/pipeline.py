@@ -63,6 +63,7 @@ class Stats:
     raised: Counter[str] = field(default_factory=Counter)  # new alerts by detector
     latest: dict[str, Alert] = field(default_factory=dict)  # detector -> its newest alert
     new_in_batch: list[Alert] = field(default_factory=list)  # new alerts of the last batch
+    emitted_in_batch: list[Alert] = field(default_factory=list)  # every alert of the last batch
 
 
 def score_batch(batch: Batch, scorer: Scorer, stats: Stats) -> tuple[list[Alert], list[Rejection]]:
@@ -88,6 +89,7 @@ def _collect(scorer: Scorer, stats: Stats) -> list[Alert]:
     alerts, new = scorer.take_alerts()
     stats.alerts_emitted += len(alerts)
     stats.new_in_batch = new
+    stats.emitted_in_batch = alerts
     for alert in new:
         stats.raised[alert.detector] += 1
     for alert in alerts:

@@ -97,6 +97,7 @@ class Scorer:
         self._solo = True
         self.duplicates = 0
         self.late = 0
+        self.small_attempts = 0
         self._changed: dict[str, Incident] = {}
         self._last_sweep = NEVER
 
@@ -136,8 +137,10 @@ class Scorer:
         amount = ev.amount_minor
         if amount >= self._large_from and self.large is not None:
             self._grew(self.large.on_request(ev))
-        if amount <= self._small_up_to and self.burst is not None:
-            self.burst.record(ev)
+        if amount <= self._small_up_to:
+            self.small_attempts += 1
+            if self.burst is not None:
+                self.burst.record(ev)
 
     def _on_outcome(self, ev: Event) -> None:
         attempt = self.attempts.touch(ev)

@@ -126,11 +126,18 @@ class Service:
             late=scorer.late,
             new_alerts=[(a.detector, a.severity) for a in stats.new_in_batch],
             seconds=seconds,
+            emitted=stats.emitted_in_batch,
+            small_attempts=scorer.small_attempts,
             newest_event_lag=(self._wall() - newest) if newest is not None and len(batch) else None,
             watermark_s=scorer.watermark.value / 1e6 if maxima else None,
         )
-        stats.new_in_batch = []
+        stats.new_in_batch, stats.emitted_in_batch = [], []
         if now - self._last_lag_at >= _LAG_EVERY_S:
             self._last_lag_at = now
             self.lag = self.source.lag()
             self.metrics.set_consumer_lag(self.lag)
+            self.metrics.observe_state(
+                sizes=scorer.state_sizes(),
+                rebalances=self.source.rebalances,
+                watermark_delay=self._wall() - scorer.watermark.value / 1e6 if maxima else None,
+            )
