@@ -25,8 +25,9 @@ backtest: $(STAMP) ## simulate a day of traffic to a file and replay it (no brok
 	$(BIN)/posmon simulate --out $(DEMO)/events.jsonl --hours 26 --seed 7
 	$(BIN)/posmon replay $(DEMO)/events.jsonl --alerts $(DEMO)/alerts.jsonl --dlq $(DEMO)/dlq.jsonl
 
-# Debian packages the tests talk to (real Alertmanager); installed when missing and root.
-DEBIAN_PACKAGES := prometheus-alertmanager
+# Debian packages the tests talk to (real Prometheus, promtool, Alertmanager); installed when
+# missing and root.
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager
 
 system-deps: ## install the Debian packages the tests use, when missing (needs root and apt)
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -146,6 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
+    report = sub.add_parser(
+        "report",
+        help="an HTML backtest report with charts, from the alerts of a replay",
+        description="Charts and tables of a replay's alerts: over time by detector, money at"
+        " risk, top merchants and terminals, severities, scores, dead letters by reason.",
+    )
+    report.add_argument("alerts", type=Path, help="the alerts JSONL written by posmon replay")
+    report.add_argument(
+        "--out", type=Path, required=True, help="folder for index.html and the charts"
+    )
+    report.add_argument("--dlq", type=Path, help="the dead letters of the same replay")
+    report.add_argument("--title", default="posmon backtest", help="the page's title")
+    report.set_defaults(handler=_report)
+
     schema = sub.add_parser("schema", help="print the JSON Schema of the event or the alert")
     schema.add_argument("which", choices=["events", "alert"])
     schema.set_defaults(handler=_schema)
@@ -344,6 +358,21 @@ def _demo(args: argparse.Namespace) -> int:
         duration=args.duration, rate=args.rate, metrics_port=args.metrics_port, out=args.out
     )
     return run_demo(options, Console())
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:  # matplotlib is an extra: every other command runs without it
+        from monitor.report import ReportError, build_report  # noqa: PLC0415
+    except ImportError as exc:
+        raise UsageError(
+            f"posmon report needs matplotlib: pip install 'posmon[report]' ({exc})"
+        ) from exc
+    try:
+        page = build_report(args.alerts, args.out, dead_letters=args.dlq, title=args.title)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"report: {page}")
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:
