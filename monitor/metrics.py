@@ -100,6 +100,13 @@ class Metrics:
             "Wall clock minus the event-time watermark: how far behind real time decisions run.",
             registry=registry,
         )
+        self.partition_delay = Gauge(
+            "posmon_partition_delay_seconds",
+            "Wall clock minus the newest event time seen on each partition (a quiet or lagging"
+            " partition stands out).",
+            ["partition"],
+            registry=registry,
+        )
         self.state_entries = Gauge(
             "posmon_state_entries",
             "Entries held in each event-time store (each has a horizon and a hard cap).",
@@ -185,7 +192,12 @@ class Metrics:
                 del self._money_counted[next(iter(self._money_counted))]
 
     def observe_state(
-        self, *, sizes: Mapping[str, int], rebalances: int, watermark_delay: float | None
+        self,
+        *,
+        sizes: Mapping[str, int],
+        rebalances: int,
+        watermark_delay: float | None,
+        partition_delays: Mapping[int, float] | None = None,
     ) -> None:
         """The slower-moving operator series, brought up to date about once a second."""
         for store, entries in sizes.items():
@@ -195,6 +207,8 @@ class Metrics:
             self._last_rebalances = rebalances
         if watermark_delay is not None:
             self.watermark_delay.set(watermark_delay)
+        for partition, delay in (partition_delays or {}).items():
+            self.partition_delay.labels(partition=str(partition)).set(delay)
 
     def set_consumer_lag(self, lag: Mapping[int, int]) -> None:
         for partition, messages in lag.items():

@@ -140,4 +140,5 @@ class Service:
                 sizes=scorer.state_sizes(),
                 rebalances=self.source.rebalances,
                 watermark_delay=self._wall() - scorer.watermark.value / 1e6 if maxima else None,
+                partition_delays={p: self._wall() - t / 1e6 for p, t in maxima.items()},
             )

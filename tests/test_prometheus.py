@@ -167,7 +167,8 @@ def test_core_series_say_what_the_monitor_processed(scraped: tuple[Prometheus, i
     for currency, minor in money.items():
         got = prom.value(f'sum(posmon_money_at_risk_minor_total{{currency="{currency}"}})')
         assert got == minor, currency
-    assert prom.query("posmon_consumer_lag_messages")  # one series per partition
+    assert len(prom.query("posmon_consumer_lag_messages")) == 6  # one series per partition
+    assert len(prom.query("posmon_partition_delay_seconds")) == 6
     assert prom.value("sum(posmon_consumer_lag_messages)") == 0
     assert prom.value("sum(rate(posmon_events_consumed_total[1m]))") > 0  # the throughput panel
     rejected = Counter(r.reason for r in sink.dead_letters)
