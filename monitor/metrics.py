@@ -15,6 +15,8 @@ from prometheus_client import Counter as PromCounter
 from monitor import __version__
 from monitor.alerts import Alert
 from monitor.events import KINDS
+from monitor.pipeline import Stats
+from monitor.scoring import Scorer
 
 _BATCH_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _MONEY_IDS = 100_000
@@ -178,6 +180,29 @@ class Metrics:
             self.event_lag.observe(max(0.0, newest_event_lag))
         if watermark_s is not None:
             self.watermark.set(watermark_s)
+
+    def observe_scorer(
+        self,
+        scorer: Scorer,
+        stats: Stats,
+        *,
+        seconds: float,
+        newest_event_lag: float | None = None,
+        watermark_s: float | None = None,
+    ) -> None:
+        """`observe_batch` from the scorer's and the loop's own tallies, after a batch."""
+        self.observe_batch(
+            consumed=scorer.consumed,
+            rejected=stats.rejected,
+            duplicates=scorer.duplicates,
+            late=scorer.late,
+            new_alerts=[(a.detector, a.severity) for a in stats.new_in_batch],
+            seconds=seconds,
+            emitted=stats.emitted_in_batch,
+            small_attempts=scorer.small_attempts,
+            newest_event_lag=newest_event_lag,
+            watermark_s=watermark_s,
+        )
 
     def _count_money(self, alert: Alert) -> None:
         debited = alert.details.get("debited_minor")

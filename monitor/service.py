@@ -119,15 +119,10 @@ class Service:
         scorer, stats = self.scorer, self.stats
         maxima = scorer.watermark.maxima
         newest = max(maxima.values()) / 1e6 if maxima else None
-        self.metrics.observe_batch(
-            consumed=scorer.consumed,
-            rejected=stats.rejected,
-            duplicates=scorer.duplicates,
-            late=scorer.late,
-            new_alerts=[(a.detector, a.severity) for a in stats.new_in_batch],
+        self.metrics.observe_scorer(
+            scorer,
+            stats,
             seconds=seconds,
-            emitted=stats.emitted_in_batch,
-            small_attempts=scorer.small_attempts,
             newest_event_lag=(self._wall() - newest) if newest is not None and len(batch) else None,
             watermark_s=scorer.watermark.value / 1e6 if maxima else None,
         )

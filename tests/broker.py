@@ -6,6 +6,8 @@ Load it as a plugin (`pytest_plugins = ["tests.broker"]` in tests/conftest.py), 
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -47,3 +49,27 @@ def kafka_settings(broker: EmbeddedBroker, topic: str, **overrides: Any) -> Kafk
         **overrides,
     }
     return KafkaSettings(**values)
+
+
+def monitor_environ(settings: KafkaSettings, metrics_port: int, **extra: str) -> dict[str, str]:
+    """The environment of a `posmon run` (or `dispatch`) process for `settings`: test timings,
+    an idle rule of one second, `/metrics` on `metrics_port` of the loopback."""
+    return {
+        **os.environ,
+        "POSMON_KAFKA__BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "POSMON_KAFKA__TOPIC": settings.topic,
+        "POSMON_KAFKA__GROUP": settings.group,
+        "POSMON_KAFKA__ALERTS_TOPIC": settings.alerts_topic,
+        "POSMON_KAFKA__SESSION_TIMEOUT_MS": str(TEST_TIMINGS["session_timeout_ms"]),
+        "POSMON_KAFKA__HEARTBEAT_INTERVAL_MS": str(TEST_TIMINGS["heartbeat_interval_ms"]),
+        "POSMON_KAFKA__IDLE_PARTITION_S": "1",
+        "POSMON_METRICS__HOST": "127.0.0.1",
+        "POSMON_METRICS__PORT": str(metrics_port),
+        **extra,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -21,18 +21,7 @@ def _replay_with_metrics(spec: SimulationSpec) -> tuple[CollectorRegistry, Memor
     scorer, stats, sink = Scorer(Policy()), Stats(), MemorySink()
 
     def after(batch: Batch, seconds: float) -> None:
-        metrics.observe_batch(
-            consumed=scorer.consumed,
-            rejected=stats.rejected,
-            duplicates=scorer.duplicates,
-            late=scorer.late,
-            new_alerts=[(a.detector, a.severity) for a in stats.new_in_batch],
-            seconds=seconds,
-            emitted=stats.emitted_in_batch,
-            small_attempts=scorer.small_attempts,
-            newest_event_lag=None,
-            watermark_s=None,
-        )
+        metrics.observe_scorer(scorer, stats, seconds=seconds)
         metrics.observe_state(sizes=scorer.state_sizes(), rebalances=0, watermark_delay=None)
 
     run(MemorySource(Simulation(spec).lines(), 500), sink, scorer, stats, on_batch=after)

@@ -8,10 +8,8 @@ and `promtool check metrics` must find nothing wrong with `/metrics`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from monitor.kafka import committed_offsets, produce_lines
 from monitor.pipeline import replay_messages
 from monitor.scoring import Scorer
 from monitor.simulate import Simulation, SimulationSpec
-from tests.broker import fresh_topic, kafka_settings
+from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "dashboards"
@@ -40,12 +38,6 @@ RULES = DASHBOARDS / "prometheus"
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="needs Debian's prometheus (make system-deps)"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> Any:
@@ -89,7 +81,7 @@ def scraped(
     lines = list(Simulation(SimulationSpec(seed=21, hours=3.0, merchants=20)).lines())
     topic = fresh_topic(broker, partitions=6)
     settings = kafka_settings(broker, topic, idle_partition_s=1.0)
-    metrics_port, prom_port = _free_port(), _free_port()
+    metrics_port, prom_port = free_port(), free_port()
     rule_files = []
     for path in sorted(RULES.glob("*.rules.yml")):  # evaluated every second here, not every 30 s
         rules = yaml.safe_load(path.read_text())
@@ -105,18 +97,7 @@ def scraped(
         ],
     }
     (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    environ = {
-        **os.environ,
-        "POSMON_KAFKA__BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "POSMON_KAFKA__TOPIC": topic,
-        "POSMON_KAFKA__GROUP": settings.group,
-        "POSMON_KAFKA__ALERTS_TOPIC": settings.alerts_topic,
-        "POSMON_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "POSMON_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-        "POSMON_KAFKA__IDLE_PARTITION_S": "1",
-        "POSMON_METRICS__HOST": "127.0.0.1",
-        "POSMON_METRICS__PORT": str(metrics_port),
-    }
+    environ = monitor_environ(settings, metrics_port)
     monitor = subprocess.Popen(
         [sys.executable, "-m", "monitor", "run"], cwd=REPO, env=environ,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -9,9 +9,7 @@ followed by a restart must miss nothing, and a SIGTERM must stop cleanly after c
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +29,7 @@ from monitor.kafka import KafkaSettings, committed_offsets, produce_lines, read_
 from monitor.pipeline import replay_messages
 from monitor.scoring import Scorer
 from monitor.simulate import Simulation, SimulationSpec
-from tests.broker import fresh_topic, kafka_settings
+from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = SimulationSpec(seed=21, hours=3.0, merchants=20)
@@ -72,27 +70,9 @@ def _stream(broker: EmbeddedBroker, *, lines: list[bytes] | None = None) -> Stre
     settings = kafka_settings(broker, topic, idle_partition_s=1.0)
     if lines is not None:
         assert produce_lines(settings, topic, lines, rate=None) == len(lines)
-    port = _free_port()
-    environ = {
-        **os.environ,
-        "POSMON_KAFKA__BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "POSMON_KAFKA__TOPIC": topic,
-        "POSMON_KAFKA__GROUP": settings.group,
-        "POSMON_KAFKA__ALERTS_TOPIC": settings.alerts_topic,
-        "POSMON_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "POSMON_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-        "POSMON_KAFKA__IDLE_PARTITION_S": "1",
-        "POSMON_METRICS__HOST": "127.0.0.1",
-        "POSMON_METRICS__PORT": str(port),
-        "POSMON_RUN__READY_MAX_LAG": "0",
-    }
+    port = free_port()
+    environ = monitor_environ(settings, port, POSMON_RUN__READY_MAX_LAG="0")
     return Stream(settings, environ, port)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(stream: Stream) -> subprocess.Popen[str]:
