@@ -20,6 +20,7 @@ from monitor.scoring import Scorer
 
 _BATCH_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _MONEY_IDS = 100_000
+_USUAL_CURRENCIES = ("EUR", "USD", "GBP", "JPY", "CHF", "CNY", "AUD", "CAD", "SEK", "PLN")
 _LAG_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -127,6 +128,12 @@ class Metrics:
             ["version"],
             registry=registry,
         )
+        # Series that exist from the start: Prometheus's increase() cannot see the first step
+        # of a series that appears with a value, so the first ghost debit in a currency would
+        # be missing from range panels. Other currencies appear on their first debit.
+        for detector in ("failed_then_debited", "duplicate_debit"):
+            for currency in _USUAL_CURRENCIES:
+                self.money_at_risk.labels(detector=detector, currency=currency)
         self._money_counted: dict[str, int] = {}  # alert_id -> debited_minor already counted
         self._last_small = 0
         self._last_rebalances = 0

@@ -164,7 +164,7 @@ def test_core_series_say_what_the_monitor_processed(scraped: tuple[Prometheus, i
         assert prom.value(f'sum(posmon_events_rejected_total{{reason="{reason}"}})') == count
 
 
-def _dashboard_queries() -> list[tuple[str, str]]:
+def _dashboard_queries(window: str = "1m") -> list[tuple[str, str]]:
     """(dashboard: panel title, expression) of every target; a panel's second and later
     targets are named "... #2", "... #3"."""
     queries = []
@@ -172,7 +172,7 @@ def _dashboard_queries() -> list[tuple[str, str]]:
         for panel in json.loads(path.read_text()).get("panels", []):
             for n, target in enumerate(panel.get("targets", []), start=1):
                 if "expr" in target:
-                    expr = re.sub(r"\$__(rate_interval|interval|range)", "1m", target["expr"])
+                    expr = re.sub(r"\$__(rate_interval|interval|range)", window, target["expr"])
                     name = f"{path.name}: {panel.get('title')}" + (f" #{n}" if n > 1 else "")
                     queries.append((name, expr))
     return queries
@@ -192,6 +192,22 @@ def test_every_dashboard_query_evaluates(scraped: tuple[Prometheus, int, Any]) -
     ):
         (answer,) = [a for t, a in answers.items() if t.endswith(f": {core}")]
         assert answer, f"the core panel {core!r} shows no data"
+
+
+def test_the_money_panel_matches_the_alerts(scraped: tuple[Prometheus, int, Any]) -> None:
+    prom, _, (sink, _) = scraped
+    expected: Counter[str] = Counter()
+    for a in sink.final_alerts().values():
+        if a.detector in ("failed_then_debited", "duplicate_debit"):
+            debited = a.details["debited_minor"]
+            assert isinstance(debited, int)
+            expected[str(a.details["currency"])] += debited
+    panel = "pos-risk-overview.json: Money at risk (range, minor units)"
+    (expr,) = [e for t, e in _dashboard_queries(window="1h") if t == panel]
+    shown = {r["metric"]["currency"]: float(r["value"][1]) for r in prom.query(expr)}
+    for currency, minor in expected.items():
+        # increase() extrapolates a little towards the edges of the range
+        assert shown[currency] == pytest.approx(minor, rel=0.15), currency
 
 
 def test_promtool_finds_nothing_wrong_with_the_metrics(
