@@ -178,6 +178,9 @@ def running(responder: Responder) -> Iterator[FakeService]:
         service.down()
 
 
+ROUTING_KEY = "R0UTINGKEY0123456789abcdef012345"  # the fake PagerDuty's key
+
+
 # --- service contracts ------------------------------------------------------------------------
 
 PD_ACTIONS = {"trigger", "acknowledge", "resolve"}

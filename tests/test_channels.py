@@ -28,6 +28,7 @@ from monitor.channels import (
 from monitor.channels.base import Outcome, parse_retry_after, worst
 from monitor.channels.webhook import verify_signature
 from tests.fake_services import (
+    ROUTING_KEY,
     FakeService,
     Reply,
     accept,
@@ -39,21 +40,8 @@ from tests.fake_services import (
     text_reply,
 )
 
-ROUTING_KEY = "R0UTINGKEY0123456789abcdef012345"
 SLACK_SECRET = "XXSECRETXXslackhookpart"
 HOOK_SECRET = "hmac-shared-secret"
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with http_client(timeout=2.0, connect=1.0, trust_env=False) as c:
-        yield c
-
-
-@pytest.fixture
-def pd() -> Iterator[FakeService]:
-    with running(pagerduty(ROUTING_KEY)) as service:
-        yield service
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,12 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from monitor.channels import Notification, PagerDutyChannel, http_client
+from monitor.channels import Notification, PagerDutyChannel
 from monitor.channels.base import Channel, Outcome
 from monitor.delivery import Delivered, Deliverer, Interrupted, Parked, Result, RetryPolicy
-from tests.fake_services import FakeService, json_reply, make_alert, pagerduty, running
+from tests.fake_services import ROUTING_KEY, FakeService, json_reply, make_alert, pagerduty, running
 
-ROUTING_KEY = "R0UTINGKEY0123456789abcdef012345"
 OK = Outcome("delivered", "ok")
 BAD = Outcome("permanent", "HTTP 400: invalid event")
 BUSY = Outcome("retry", "HTTP 503: busy")
@@ -238,18 +237,6 @@ def test_deliverer_wakes_at_once_on_a_stop_event() -> None:
 
 
 # --- Deliverer over real loopback HTTP ------------------------------------------------------------
-
-
-@pytest.fixture
-def client() -> Iterator[httpx.Client]:
-    with http_client(timeout=2.0, connect=1.0, trust_env=False) as c:
-        yield c
-
-
-@pytest.fixture
-def pd() -> Iterator[FakeService]:
-    with running(pagerduty(ROUTING_KEY)) as service:
-        yield service
 
 
 def pd_channel(service: FakeService, client: httpx.Client) -> PagerDutyChannel:
