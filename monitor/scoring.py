@@ -155,12 +155,14 @@ class Scorer:
     def _on_reversal(self, ev: Event) -> None:
         self.attempts.touch(ev).add_reversal(ev.t)
         if self.ftd is not None:
-            self._grew(self.ftd.on_give_back(ev))
+            for incident in self.ftd.on_give_back(ev):
+                self._grew(incident)
 
     def _on_refund(self, ev: Event) -> None:
         self.attempts.touch(ev).add_refund(ev.t)
         if self.ftd is not None:
-            self._grew(self.ftd.on_give_back(ev))
+            for incident in self.ftd.on_give_back(ev):
+                self._grew(incident)
 
     def _on_debit(self, ev: Event) -> None:
         attempt = self.attempts.touch(ev)

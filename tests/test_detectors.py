@@ -537,3 +537,33 @@ def test_a_refund_after_the_grace_gives_the_money_back_and_resolves_the_alert() 
         score([*events, event("reversal", 3 * H, ref="R2"), tick(4 * H)]), "failed_then_debited"
     )
     assert alert.details["resolved"] is True
+
+
+@pytest.mark.parametrize("batch_size", [1, 1000])
+def test_a_late_give_back_settles_every_case_of_its_reference(batch_size: int) -> None:
+    """A failure matched by a manual debit and by its own debit: one reversal of the attempt
+    after the grace gives both back, whether it is seen before the decisions or after them."""
+    events = [
+        *_attempt("R1", 0, "network_error"),
+        event("debit_posted", 60, ref="M1"),
+        event("debit_posted", 120, ref="R1"),
+        tick(1500),  # one event at a time, this takes both decisions before the reversal is seen
+        event("reversal", 1600, ref="R1"),
+        tick(2 * H),
+    ]
+    (alert,) = by_detector(score(events, batch_size=batch_size), "failed_then_debited")
+    cases = alert.details["cases"]
+    assert isinstance(cases, list)
+    assert [(c["debit_txn_ref"], c["given_back"]) for c in cases] == [("M1", True), ("R1", True)]
+    assert alert.details["resolved"] is True
+
+
+def test_a_give_back_past_the_group_window_no_longer_settles_the_case() -> None:
+    events = [
+        *_attempt("R1", 0, "auth_declined"),
+        event("debit_posted", 300, ref="R1"),
+        event("refund", 300 + 24 * H + 1, ref="R1"),
+        tick(26 * H),
+    ]
+    (alert,) = by_detector(score(events), "failed_then_debited")
+    assert alert.details["resolved"] is False

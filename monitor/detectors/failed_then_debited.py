@@ -6,9 +6,12 @@ unmatched failure with the same card, terminal and amount shortly before), and f
 reversal or refund came within the grace. Cases of one card at one terminal within
 `group_window` grow one alert instead of paging again.
 
-A reversal or refund that comes after the grace still gives the money back: the case is marked
-`given_back`, and once every case of the alert is, the alert is re-emitted with
-`details.resolved = true` (the dispatcher resolves it on the channels that support it).
+A reversal or refund that comes after the grace, up to `group_window` after the debit, still
+gives the money back: the case is marked `given_back` (every case of that reference: a failed
+attempt can be matched by its own debit and by a manual one), and once every case of the alert
+is, the alert is re-emitted with `details.resolved = true` (the dispatcher resolves it on the
+channels that support it). The horizon is on event time, so when a give-back is seen (before the
+decision or after it, whatever the batch boundaries) never changes the outcome.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ NAME: Final = "failed_then_debited"
 _FAILURE_WORDS = {"network_error": "a network error", "auth_declined": "a decline"}
 
 
+@dataclass(slots=True, frozen=True)
+class _Case:
+    """A case that fired and that a give-back up to `horizon` (event time) settles."""
+
+    horizon: int
+    incident: Incident
+    case: dict[str, object]
+
+
 @dataclass(slots=True)
 class _Group:
     first_t: int
@@ -42,10 +54,8 @@ class FailedThenDebited:
         self.group_window = us(settings.group_window)
         self.max_evidence = max_evidence
         self._groups: Expiring[_Group] = Expiring(self.group_window, cap)
-        # txn_ref (the attempt's or the debit's) -> the open case a late give-back would settle
-        self._open_cases: Expiring[tuple[Incident, dict[str, object]]] = Expiring(
-            self.group_window, cap
-        )
+        # txn_ref (the attempt's or the debit's) -> the open cases a late give-back would settle
+        self._open_cases: Expiring[list[_Case]] = Expiring(self.group_window, cap)
 
     def deadline(self, debit: Event) -> int:
         return debit.t + self.grace
@@ -117,23 +127,28 @@ class FailedThenDebited:
         incident.summary = self._summary(incident, group, failure, debit.currency)
         own = attempts.get(debit.txn_ref)
         # A give-back already known (it came after the grace, but before this decision).
-        if _given_back(attempt) or (own is not None and own is not attempt and _given_back(own)):
+        horizon = debit.t + self.group_window
+        if _given_back(attempt, horizon) or (
+            own is not None and own is not attempt and _given_back(own, horizon)
+        ):
             self._settle(incident, case)
         else:
+            open_case = _Case(horizon, incident, case)
             for ref in {attempt.txn_ref, debit.txn_ref}:
-                self._open_cases.put(ref, debit.t, (incident, case))
+                self._open_cases.get_or_create(ref, debit.t, list).append(open_case)
         return incident
 
-    def on_give_back(self, ev: Event) -> Incident | None:
-        """A reversal or refund: if it settles a case that already fired, the grown incident."""
-        entry = self._open_cases.get(ev.txn_ref)
-        if entry is None:
-            return None
-        incident, case = entry
-        if case["given_back"]:
-            return None
-        self._settle(incident, case)
-        return incident
+    def on_give_back(self, ev: Event) -> list[Incident]:
+        """A reversal or refund: the incidents whose fired cases it settles."""
+        cases = self._open_cases.get(ev.txn_ref)
+        if cases is None:
+            return []
+        settled = []
+        for open_case in cases:
+            if not open_case.case["given_back"] and ev.t <= open_case.horizon:
+                self._settle(open_case.incident, open_case.case)
+                settled.append(open_case.incident)
+        return settled
 
     def _settle(self, incident: Incident, case: dict[str, object]) -> None:
         case["given_back"] = True
@@ -160,7 +175,7 @@ class FailedThenDebited:
         self._open_cases.expire(watermark)
 
 
-def _given_back(attempt: Attempt) -> bool:
-    """Has `attempt` any reversal or refund? At the decision, any it has came after the grace
-    (one before would have cancelled the case)."""
-    return bool(attempt.reversals or attempt.refunds)
+def _given_back(attempt: Attempt, horizon: int) -> bool:
+    """Has `attempt` a reversal or refund by `horizon`? At the decision, any it has came after
+    the grace (one before would have cancelled the case)."""
+    return attempt.reversed_before(horizon, inclusive=True) > 0
