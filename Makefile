@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-dev
 DEMO   := .demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo backtest system-deps test lint format bench clean
+.PHONY: help demo backtest system-deps test soak lint format bench clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ system-deps: ## install the Debian packages the tests use, when missing (needs r
 
 test: $(STAMP) system-deps ## run every test
 	$(BIN)/python -m pytest -q
+
+soak: $(STAMP) ## the property tests on fresh random examples, 2,000 each (minutes; CI runs a fixed 50)
+	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/test_properties.py
 
 lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check .

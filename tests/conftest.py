@@ -1,5 +1,6 @@
 """Shared test settings. The machines are shared and noisy: no test depends on wall-clock speed."""
 
+import os
 from collections.abc import Iterator
 
 import httpx
@@ -11,8 +12,12 @@ from tests.fake_services import ROUTING_KEY, FakeService, pagerduty, running
 
 pytest_plugins = ["tests.broker"]
 
-settings.register_profile("posmon", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("posmon")
+# `make test` is reproducible: the property tests draw the same examples on every run, so CI
+# never fails on a case nobody can replay. `make soak` explores: fresh random examples, many more.
+_common = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("posmon", _common, max_examples=50, derandomize=True)
+settings.register_profile("soak", _common, max_examples=2000, derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "posmon"))
 
 
 @pytest.fixture

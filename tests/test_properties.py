@@ -11,7 +11,7 @@ import random
 from datetime import datetime
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from monitor.alerts import Alert
@@ -109,7 +109,6 @@ def replay(events: list[dict[str, Any]], batch_size: int = 1000) -> tuple[dict[s
     return sink.final_alerts(), scorer
 
 
-@settings(max_examples=60)
 @given(
     seed=st.integers(0, 2**32),
     attempts=st.integers(1, 60),
@@ -126,7 +125,6 @@ def test_any_order_within_the_lateness_gives_the_sorted_streams_alerts(
     assert shuffled == in_order
 
 
-@settings(max_examples=40)
 @given(
     seed=st.integers(0, 2**32),
     attempts=st.integers(1, 60),
