@@ -41,7 +41,7 @@ system-deps: ## install the Debian packages the tests use, when missing (needs r
 test: $(STAMP) system-deps ## run every test
 	$(BIN)/python -m pytest -q
 
-soak: $(STAMP) ## the property tests on fresh random examples, 2,000 each (minutes; CI runs a fixed 50)
+soak: $(STAMP) ## the property tests on fresh random examples, 2,000 each (CI runs a fixed 50)
 	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/test_properties.py
 
 lint: $(STAMP) ## ruff and mypy --strict
