@@ -116,14 +116,16 @@ def decode(raw: bytes) -> Event | Rejection:
         m["merchant_id"],
     )
     # A PAN has at least 13 digits, and identifiers nearly always hold a letter: only long
-    # values made of digits and separators alone need the full check.
+    # values made of digits and separators alone need the full check. The first character
+    # decides most values before `strip` builds a copy (valgrind: 0.7k fewer instructions per
+    # event, under 2 % of a replay's).
     ds = _DIGITS_AND_SEPARATORS
     if (
-        (len(card) > 12 and not card.strip(ds))
-        or (len(ref) > 12 and not ref.strip(ds))
-        or (len(eid) > 12 and not eid.strip(ds))
-        or (len(terminal) > 12 and not terminal.strip(ds))
-        or (len(merchant) > 12 and not merchant.strip(ds))
+        (len(card) > 12 and card[0] in ds and not card.strip(ds))
+        or (len(ref) > 12 and ref[0] in ds and not ref.strip(ds))
+        or (len(eid) > 12 and eid[0] in ds and not eid.strip(ds))
+        or (len(terminal) > 12 and terminal[0] in ds and not terminal.strip(ds))
+        or (len(merchant) > 12 and merchant[0] in ds and not merchant.strip(ds))
     ):
         for name, value in zip(_GUARDED_FIELDS, (card, ref, eid, terminal, merchant), strict=True):
             if is_pan(value):

@@ -79,6 +79,10 @@ def test_offsets_are_honoured() -> None:
         (_with(card_id="4111 1111 1111 1111"), "pan"),
         (_with(card_id="4111-1111-1111-1111"), "pan"),
         (_with(txn_ref="5500005555555559"), "pan"),
+        # Every guarded field, and a value that starts with a separator.
+        (_with(event_id=" 4111 1111 1111 1111"), "pan"),
+        (_with(terminal_id="-4111-1111-1111-1111"), "pan"),
+        (_with(merchant_id="378282246310005"), "pan"),
     ],
 )
 def test_rejections_have_reasons(message: bytes, reason: str) -> None:
