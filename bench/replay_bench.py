@@ -9,7 +9,7 @@ measured in one run). What it measures:
 2. decode + validate only, then the whole replay pipeline (decode, validate, dedup, watermark,
    every rule detector, alerts), each the median of `--runs` runs on one pinned core, and the
    scorer alone over events decoded beforehand (what a replay costs beyond decoding and scoring
-   timed apart is the cost of doing both in one loop: caches, allocation);
+   timed apart is what doing both in one loop adds; its cause is not established);
 3. peak memory (max RSS) of the replay in a fresh process at 1/4, 1/2, 1 and 2 times the events:
    with the population fixed, memory should stay flat once the stream is longer than the state
    horizons (attempt_ttl 6 h), whatever the number of events.
