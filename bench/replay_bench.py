@@ -35,12 +35,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from monitor.alerts import Alert
-from monitor.config import Policy
-from monitor.events import Event, Rejection, decode
-from monitor.pipeline import MemorySource, Stats, run
-from monitor.scoring import Scorer
-from monitor.simulate import Simulation, SimulationSpec
+from monitor.core.alerts import Alert
+from monitor.core.events import Event, Rejection, decode
+from monitor.scoring.pipeline import MemorySource, Stats, run
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import Simulation, SimulationSpec
 
 # About 16,000 events per simulated hour at this size: a quarter of a million events already
 # span more than twice the longest state horizon (attempt_ttl, 6 h), two million span five days.

@@ -34,21 +34,19 @@ from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
-from monitor.alerts import Alert
-from monitor.config import Policy
-from monitor.embedded import EmbeddedBroker
-from monitor.events import Rejection
-from monitor.kafka import (
-    KafkaSettings,
-    KafkaSink,
-    KafkaSource,
-    ensure_topics,
-    produce_lines,
-    read_topic,
-)
-from monitor.pipeline import Batch, Stats, run
-from monitor.scoring import Scorer
-from monitor.simulate import Simulation, SimulationSpec
+from monitor.core.alerts import Alert
+from monitor.core.batches import Batch
+from monitor.core.events import Rejection
+from monitor.scoring.pipeline import Stats, run
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import Simulation, SimulationSpec
+from monitor.streaming.embedded import EmbeddedBroker
+from monitor.streaming.produce import produce_lines
+from monitor.streaming.settings import KafkaSettings
+from monitor.streaming.sink import KafkaSink
+from monitor.streaming.source import KafkaSource
+from monitor.streaming.topics import ensure_topics, read_topic
 
 REPO = Path(__file__).resolve().parent.parent
 TIMINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}

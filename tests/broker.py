@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from monitor.embedded import EmbeddedBroker
-from monitor.kafka import KafkaSettings
+from monitor.streaming.embedded import EmbeddedBroker
+from monitor.streaming.settings import KafkaSettings
 
 Broker = EmbeddedBroker  # the fixture's type, for annotations
 

@@ -7,10 +7,10 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from monitor.alerts import Alert
-from monitor.config import Policy
-from monitor.pipeline import replay_messages
-from monitor.scoring import Scorer
+from monitor.core.alerts import Alert
+from monitor.scoring.pipeline import replay_messages
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 _ids = itertools.count()

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from monitor.alerts import Alert, Detector, Severity, alert_id
+from monitor.core.alerts import Alert, Detector, Severity, alert_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,4 +286,6 @@ def make_alert(
         if summary is not None
         else f"Card tok_9f..c1 debited 35.00 EUR at terminal {terminal} after a network error",
         details={"currency": "EUR", "debited_minor": 3500, "reversal_grace_s": 900},
+        amount_at_risk_minor=3500,
+        currency="EUR",
     )

@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from monitor.channels import AlertmanagerChannel, Notification, http_client
+from monitor.channels import AlertmanagerChannel, http_client
+from monitor.paging.notification import Notification
 from tests.fake_services import FakeService, accept, make_alert, running
 
 BINARY = "prometheus-alertmanager"

@@ -14,19 +14,19 @@ import pytest
 from pydantic import SecretStr
 from rich.console import Console
 
-from monitor.alerts import Alert
 from monitor.channels import (
     AlertmanagerChannel,
     ConsoleChannel,
     FileChannel,
-    Notification,
     PagerDutyChannel,
     SlackChannel,
     WebhookChannel,
     http_client,
 )
-from monitor.channels.base import Outcome, parse_retry_after, worst
+from monitor.channels.base import parse_retry_after, worst
 from monitor.channels.webhook import verify_signature
+from monitor.core.alerts import Alert
+from monitor.paging.notification import Notification, Outcome
 from tests.fake_services import (
     ROUTING_KEY,
     FakeService,

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from monitor.embedded import EmbeddedBroker
-from monitor.kafka import read_topic
-from monitor.simulate import Simulation, SimulationSpec
+from monitor.simulation.simulator import Simulation, SimulationSpec
+from monitor.streaming.embedded import EmbeddedBroker
+from monitor.streaming.topics import read_topic
 from tests.broker import fresh_topic, kafka_settings
 from tests.builders import encode, event
 

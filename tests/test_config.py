@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.config import Policy
-from monitor.settings import ConfigError, Settings, load_settings
+from monitor.cli.settings import ConfigError, Settings, load_settings
+from monitor.scoring.policy import Policy
 
 
 def test_defaults_are_the_contracts() -> None:

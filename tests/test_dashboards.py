@@ -24,7 +24,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from monitor.metrics import DispatchMetrics, Metrics
+from monitor.paging.metrics import DispatchMetrics
+from monitor.scoring.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"

@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from monitor.channels import Notification, PagerDutyChannel
-from monitor.channels.base import Channel, Outcome
-from monitor.delivery import Delivered, Deliverer, Interrupted, Parked, Result, RetryPolicy
+from monitor.channels import PagerDutyChannel
+from monitor.paging.delivery import Delivered, Deliverer, Interrupted, Parked, Result, RetryPolicy
+from monitor.paging.notification import Channel, Notification, Outcome
 from tests.fake_services import ROUTING_KEY, FakeService, json_reply, make_alert, pagerduty, running
 
 OK = Outcome("delivered", "ok")

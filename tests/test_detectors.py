@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from monitor.alerts import Alert, alert_id
-from monitor.config import Policy
+from monitor.core.alerts import Alert, alert_id
+from monitor.scoring.policy import Policy
 from tests.builders import by_detector, event, score, tick
 
 H = 3600.0

@@ -9,14 +9,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from monitor.alerts import Alert, alert_id
-from monitor.channels.base import DELIVERED, Notification, Outcome
-from monitor.delivery import Deliverer, RetryPolicy
-from monitor.dispatch import Dispatcher
-from monitor.metrics import DispatchMetrics
-from monitor.notify import Ledger
-from monitor.pipeline import Batch
-from monitor.routing import DispatchConfig
+from monitor.core.alerts import Alert, alert_id
+from monitor.core.batches import Batch
+from monitor.paging.delivery import Deliverer, RetryPolicy
+from monitor.paging.dispatcher import Dispatcher
+from monitor.paging.ledger import Ledger
+from monitor.paging.metrics import DispatchMetrics
+from monitor.paging.notification import DELIVERED, Notification, Outcome
+from monitor.paging.routing import DispatchConfig
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 CONFIG = DispatchConfig.model_validate(

@@ -15,8 +15,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from monitor.embedded import EmbeddedBroker
-from monitor.kafka import KafkaSink
+from monitor.streaming.embedded import EmbeddedBroker
+from monitor.streaming.sink import KafkaSink
 from tests.broker import fresh_topic, kafka_settings
 from tests.fake_services import FakeService, pagerduty
 from tests.test_dispatch import make_alert

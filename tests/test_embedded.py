@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor.embedded import BrokerError, BrokerUnavailable, EmbeddedBroker
+from monitor.streaming.embedded import BrokerError, BrokerUnavailable, EmbeddedBroker
 
 
 def _accepts(address: str) -> bool:
@@ -80,7 +80,7 @@ def test_no_broker_outlives_its_process(ending: str, tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys
-        from monitor.embedded import EmbeddedBroker
+        from monitor.streaming.embedded import EmbeddedBroker
         broker = EmbeddedBroker().start()
         print(broker.pid, broker.bootstrap_servers, broker.log_path, flush=True)
         sys.stdin.readline()  # then end, with the broker still running

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from monitor.pipeline import replay_messages
-from monitor.scoring import Scorer
-from monitor.settings import load_policy
-from monitor.simulate import SimulationSpec, SimulationStats, write_simulation
+from monitor.cli.settings import load_policy
+from monitor.scoring.pipeline import replay_messages
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import SimulationSpec, SimulationStats, write_simulation
 
 REPO = Path(__file__).resolve().parent.parent
 ENTITY_FIELDS = ("card_id", "terminal_id", "txn_ref")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.events import Event, Rejection, decode, is_pan, luhn_ok, mask_pans
+from monitor.core.events import Event, Rejection, decode, is_pan, luhn_ok, mask_pans
 from tests.builders import event
 
 GOOD = event("auth_approved", 0, response_code="00", mcc="5411", source="terminal")

@@ -14,22 +14,15 @@ import pytest
 from kafka import KafkaProducer  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
-from monitor.alerts import Alert, alert_id
-from monitor.embedded import EmbeddedBroker
-from monitor.kafka import (
-    DeliveryFailed,
-    KafkaSettings,
-    KafkaSink,
-    KafkaSource,
-    Pacer,
-    client_config,
-    committed_offsets,
-    ensure_topics,
-    merchant_key,
-    produce_lines,
-    read_topic,
-)
-from monitor.pipeline import Batch
+from monitor.core.alerts import Alert, alert_id
+from monitor.core.batches import Batch
+from monitor.streaming.client import DeliveryFailed, client_config
+from monitor.streaming.embedded import EmbeddedBroker
+from monitor.streaming.produce import Pacer, merchant_key, produce_lines
+from monitor.streaming.settings import KafkaSettings
+from monitor.streaming.sink import KafkaSink
+from monitor.streaming.source import KafkaSource
+from monitor.streaming.topics import committed_offsets, ensure_topics, read_topic
 from tests.broker import fresh_topic, kafka_settings
 
 

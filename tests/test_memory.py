@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import gc
 
-from monitor.config import Policy
-from monitor.pipeline import replay_messages
-from monitor.scoring import Scorer
-from monitor.simulate import Simulation, SimulationSpec
+from monitor.scoring.pipeline import replay_messages
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import Simulation, SimulationSpec
 
 
 def test_scoring_a_simulated_stream_leaves_no_cycles_behind() -> None:

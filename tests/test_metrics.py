@@ -6,11 +6,12 @@ from collections import Counter
 
 from prometheus_client import CollectorRegistry
 
-from monitor.config import Policy
-from monitor.metrics import Metrics
-from monitor.pipeline import Batch, MemorySink, MemorySource, Stats, run
-from monitor.scoring import Scorer
-from monitor.simulate import Simulation, SimulationSpec
+from monitor.core.batches import Batch
+from monitor.scoring.metrics import Metrics
+from monitor.scoring.pipeline import MemorySink, MemorySource, Stats, run
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import Simulation, SimulationSpec
 
 FORBIDDEN = {"card_id", "terminal_id", "merchant_id", "event_id", "txn_ref", "alert_id"}
 

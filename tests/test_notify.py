@@ -8,20 +8,18 @@ from typing import Any
 
 import pytest
 
-from monitor.alerts import Alert, alert_id
-from monitor.notify import (
-    Decision,
-    Groups,
-    Inhibitor,
-    Kind,
-    Ledger,
-    StormLimiter,
-    dedup,
-    epoch,
-    ledger_key,
-    resolution,
-)
-from monitor.routing import DispatchConfig, Inhibition, Matcher
+from monitor.core.alerts import Alert, alert_id
+from monitor.core.batches import Batch
+from monitor.paging.delivery import Deliverer, RetryPolicy
+from monitor.paging.dispatcher import Dispatcher
+from monitor.paging.grouping import Groups
+from monitor.paging.inhibition import Inhibitor
+from monitor.paging.ledger import Ledger, dedup, ledger_key
+from monitor.paging.notification import DELIVERED, Decision, Kind, Notification, Outcome, epoch
+from monitor.paging.resolution import resolution
+from monitor.paging.routing import DispatchConfig, Inhibition, Matcher
+from monitor.paging.storm import StormLimiter
+from tests.test_dispatch import MemoryOutbox
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 HOUR = 3600.0
@@ -468,43 +466,56 @@ def test_resolution(quiet_for: float, explicit: bool, expected: str | None) -> N
 # --- The stages together -------------------------------------------------------------------------
 
 
+class Recorder:
+    """A channel that accepts everything and writes down what it heard, in one shared log."""
+
+    supports_resolve = True
+
+    def __init__(self, name: str, log: list[tuple[str, Notification]]) -> None:
+        self.name, self._log = name, log
+
+    def send(self, notification: Notification) -> Outcome:
+        self._log.append((self.name, notification))
+        return DELIVERED
+
+
 class Dispatch:
-    """A reference composition of the stages, in the order monitor.notify's docstring gives."""
+    """The production dispatcher (the stages exactly as `stages.compose` builds them), fed one
+    alert at a time, with recording channels. `tick` returns what was said: (channel, alert
+    summary) for each alert of a page, (route, text) for a storm summary."""
 
     def __init__(self, config: DispatchConfig, ledger: Ledger | None = None) -> None:
-        self.groups = Groups(config)
-        self.inhibitor = Inhibitor(config.inhibitions)
-        self.storm = StormLimiter()
-        self.ledger = ledger or Ledger()
-        self.reasons: list[str] = []
+        self.log: list[tuple[str, Notification]] = []
+        channels = {name: Recorder(name, self.log) for name in config.channels}
+        deliverer = Deliverer(RetryPolicy(), now=lambda: 0.0, sleep=lambda _: None)
+        self.outbox = MemoryOutbox()
+        self.dispatcher = Dispatcher(config, channels, deliverer, self.outbox, ledger=ledger)
+        self._next_offset = 0
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.dispatcher.ledger
+
+    @property
+    def reasons(self) -> list[str]:
+        """Every decision the stages took, by reason (dedup's per channel, inhibited, folded)."""
+        return list(self.dispatcher.stats.decisions.elements())
 
     def receive(self, alert: Alert, now: float) -> None:
-        self.inhibitor.observe(alert, now)
-        self.groups.add(alert, now)
+        self._next_offset += 1
+        message = alert.model_dump_json().encode()
+        self.dispatcher.receive(Batch([(0, [message])], {0: self._next_offset}), now)
 
     def tick(self, now: float) -> list[tuple[str, str]]:
         """Returns the (channel, what) notifications sent."""
+        self.log.clear()
+        self.dispatcher.tick(now)
         sent: list[tuple[str, str]] = []
-        for flush in self.groups.due(now):
-            for a in flush.alerts:
-                if self.inhibitor.inhibited(a, now) is not None:
-                    self.reasons.append("inhibited")
-                    continue
-                decisions = {
-                    channel: dedup(self.ledger, a, channel, now, flush.route.repeat_interval)
-                    for channel in flush.route.channels
-                }
-                self.reasons += [d.reason for d in decisions.values()]
-                if not any(d.notify for d in decisions.values()):
-                    continue
-                if not self.storm.admit(flush.route, a, now).notify:
-                    self.reasons.append("folded")
-                    continue
-                for channel, decision in decisions.items():
-                    if decision.notify:
-                        self.ledger.note(a, channel, "trigger", now)
-                        sent.append((channel, a.summary))
-        sent += [(s.route, s.text) for s in self.storm.due(now)]
+        for channel, note in self.log:
+            if note.group_key.endswith("/storm"):
+                sent.append((note.group_key.removesuffix("/storm"), note.summary))
+            else:
+                sent += [(channel, a.summary) for a in note.alerts]
         return sent
 
 

@@ -23,12 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.config import Policy
-from monitor.embedded import EmbeddedBroker
-from monitor.kafka import committed_offsets, produce_lines
-from monitor.pipeline import replay_messages
-from monitor.scoring import Scorer
-from monitor.simulate import Simulation, SimulationSpec
+from monitor.scoring.pipeline import replay_messages
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import Simulation, SimulationSpec
+from monitor.streaming.embedded import EmbeddedBroker
+from monitor.streaming.produce import produce_lines
+from monitor.streaming.topics import committed_offsets
 from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ
 
 REPO = Path(__file__).resolve().parent.parent

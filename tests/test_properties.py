@@ -14,10 +14,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.alerts import Alert
-from monitor.config import Policy
-from monitor.pipeline import replay_messages
-from monitor.scoring import Scorer
+from monitor.core.alerts import Alert
+from monitor.scoring.pipeline import replay_messages
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
 from tests.builders import encode, event
 
 LATENESS = Policy().allowed_lateness

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from monitor.alerts import Alert, alert_id, money
-from monitor.config import Policy
-from monitor.pipeline import replay_messages
+from monitor.core.alerts import Alert, alert_id
+from monitor.core.text import money
 from monitor.report import ReportError, build_report
-from monitor.scoring import Scorer
-from monitor.simulate import Simulation, SimulationSpec
+from monitor.scoring.pipeline import replay_messages
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import Simulation, SimulationSpec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 INJECTED_SUMMARY = 'Card tok_ab..cd debited <script>alert("x")</script> & more'
@@ -42,6 +43,8 @@ def replay(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         count=1,
         summary=INJECTED_SUMMARY,
         details={"debited_minor": 123_456, "currency": "JPY"},
+        amount_at_risk_minor=123_456,
+        currency="JPY",
     )
     alerts = root / "alerts.jsonl"
     alerts.write_text("".join(a.model_dump_json() + "\n" for a in [*sink.alerts, injected]))

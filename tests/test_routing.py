@@ -9,8 +9,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from monitor.alerts import Alert, alert_id
-from monitor.routing import ChannelConfig, DispatchConfig, Inhibition, Matcher, Route, routes_for
+from monitor.core.alerts import Alert, alert_id
+from monitor.paging.routing import (
+    ChannelConfig,
+    DispatchConfig,
+    Inhibition,
+    Matcher,
+    Route,
+    routes_for,
+)
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.simulate import Simulation, SimulationSpec, write_simulation
 from monitor.simulation.lines import Ids
 from monitor.simulation.malformed import VARIANTS, luhn_valid, random_pan
+from monitor.simulation.simulator import Simulation, SimulationSpec, write_simulation
 
 US = 1_000_000
 MIN = 60 * US

@@ -17,10 +17,14 @@ from typing import Protocol
 
 import pytest
 
-from monitor.alerts import Alert, alert_id
-from monitor.events import Rejection
-from monitor.kafka import KafkaSink, KafkaSource, produce_lines, read_topic
-from monitor.pipeline import Batch, MemorySink, MemorySource, Sink, Source
+from monitor.core.alerts import Alert, alert_id
+from monitor.core.batches import Batch, Source
+from monitor.core.events import Rejection
+from monitor.scoring.pipeline import MemorySink, MemorySource, Sink
+from monitor.streaming.produce import produce_lines
+from monitor.streaming.sink import KafkaSink
+from monitor.streaming.source import KafkaSource
+from monitor.streaming.topics import read_topic
 from tests.broker import fresh_topic, kafka_settings
 
 BATCH = 7  # messages per poll, small so that the tests see several batches

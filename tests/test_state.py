@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitor.state import SeenIds
+from monitor.scoring.state import SeenIds
 
 S = 1_000_000
 

@@ -23,12 +23,14 @@ from typing import Any
 
 import pytest
 
-from monitor.config import Policy
-from monitor.embedded import EmbeddedBroker
-from monitor.kafka import KafkaSettings, committed_offsets, produce_lines, read_topic
-from monitor.pipeline import replay_messages
-from monitor.scoring import Scorer
-from monitor.simulate import Simulation, SimulationSpec
+from monitor.scoring.pipeline import replay_messages
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import Simulation, SimulationSpec
+from monitor.streaming.embedded import EmbeddedBroker
+from monitor.streaming.produce import produce_lines
+from monitor.streaming.settings import KafkaSettings
+from monitor.streaming.topics import committed_offsets, read_topic
 from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from monitor.config import Policy
-from monitor.pipeline import Batch, Stats, score_batch
-from monitor.scoring import Scorer
-from monitor.state import NEVER, Watermark
+from monitor.core.batches import Batch
+from monitor.scoring.pipeline import Stats, score_batch
+from monitor.scoring.policy import Policy
+from monitor.scoring.scorer import Scorer
+from monitor.scoring.state import NEVER, Watermark
 from tests.builders import encode, event, tick
 
 S = 1_000_000

@@ -6,7 +6,7 @@ suppression) is the dispatcher's.
 """
 
 from monitor.channels.alertmanager import AlertmanagerChannel
-from monitor.channels.base import Channel, Notification, Outcome, http_client
+from monitor.channels.base import http_client
 from monitor.channels.console import ConsoleChannel
 from monitor.channels.file import FileChannel
 from monitor.channels.pagerduty import PagerDutyChannel
@@ -15,11 +15,8 @@ from monitor.channels.webhook import WebhookChannel
 
 __all__ = [
     "AlertmanagerChannel",
-    "Channel",
     "ConsoleChannel",
     "FileChannel",
-    "Notification",
-    "Outcome",
     "PagerDutyChannel",
     "SlackChannel",
     "WebhookChannel",

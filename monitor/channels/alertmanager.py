@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 
 import httpx
 
-from monitor.alerts import Alert
-from monitor.channels.base import Notification, Outcome, format_link, post
+from monitor.channels.base import format_link, post
+from monitor.core.alerts import Alert
+from monitor.paging.notification import Notification, Outcome
 
 
 def _utc_now() -> datetime:

@@ -1,8 +1,9 @@
-"""What every channel shares: the notification it is handed, the outcome it answers, HTTP rules.
+"""What every HTTP channel shares: the client, the classification of a response, links.
 
-A channel makes exactly one delivery attempt per `send` and never raises for an HTTP or network
-failure: it *classifies* it, because only the caller (`monitor.delivery`) knows whether there is
-time left to retry. The classification is the same for every HTTP channel:
+A channel (`monitor.paging.notification.Channel`) makes exactly one delivery attempt per `send`
+and never raises for an HTTP or network failure: it *classifies* it into an `Outcome`, because
+only the caller (`monitor.paging.delivery`) knows whether there is time left to retry. The
+classification is the same for every HTTP channel:
 
 - 2xx: `delivered`;
 - 408, 429, 5xx, a refused connection, a reset, a timeout: `retry`, with `retry_after` taken from
@@ -17,77 +18,18 @@ removed from every reason string, so they never reach a log line, a metric or a 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal, Protocol
 from urllib.parse import quote
 
 import httpx
 
-from monitor.alerts import Alert
-
-NotificationKind = Literal["trigger", "resolve"]
-OutcomeStatus = Literal["delivered", "retry", "permanent"]
+from monitor.core.alerts import Alert
+from monitor.paging.notification import DELIVERED, Outcome
 
 RETRYABLE_STATUS = frozenset({408, 429})
 EXCERPT_CHARS = 200
 USER_AGENT = "posmon"
-
-
-@dataclass(frozen=True, slots=True)
-class Notification:
-    """One thing to tell a channel: an alert, or a group of alerts, firing or resolved.
-
-    `group_key` names the group (the routing decision that made it; a single alert's group key
-    may simply be its `alert_id`). `summary` is the sentence for a grouped or storm-summary
-    notification; channels fall back to the first alert's own summary when it is empty.
-    """
-
-    kind: NotificationKind
-    alerts: tuple[Alert, ...]
-    group_key: str
-    summary: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.alerts:
-            raise ValueError("a notification carries at least one alert")
-
-    @property
-    def headline(self) -> str:
-        """The notification's one-line summary: its own, or its first alert's."""
-        return self.summary or self.alerts[0].summary
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The classified result of one delivery attempt.
-
-    `retry_after` is the server's `Retry-After` in seconds from the response (only ever set on a
-    `retry`); the retry policy never tries again earlier than that.
-    """
-
-    status: OutcomeStatus
-    reason: str
-    retry_after: float | None = None
-
-
-DELIVERED = Outcome("delivered", "ok")
-
-
-class Channel(Protocol):
-    """An on-call channel. `send` makes one attempt and classifies it; it never raises for
-    HTTP or network failures (a programming error still raises).
-
-    `supports_resolve` says whether a `resolve` notification means anything to the channel;
-    the dispatcher need not send resolves to a channel without it (and if it does, the channel
-    answers `delivered` without a request, since there is nothing to do).
-    """
-
-    name: str
-    supports_resolve: bool
-
-    def send(self, notification: Notification) -> Outcome: ...
 
 
 def http_client(

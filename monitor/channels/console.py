@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from monitor.channels.base import DELIVERED, Notification, Outcome
+from monitor.paging.notification import DELIVERED, Notification, Outcome
 
 _STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 

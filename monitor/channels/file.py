@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from monitor.channels.base import DELIVERED, Notification, Outcome
+from monitor.paging.notification import DELIVERED, Notification, Outcome
 
 
 class FileChannel:

@@ -14,8 +14,10 @@ import json
 import httpx
 from pydantic import SecretStr
 
-from monitor.alerts import Alert
-from monitor.channels.base import Notification, Outcome, post, worst
+from monitor.channels.base import post, worst
+from monitor.core.alerts import Alert
+from monitor.core.text import money
+from monitor.paging.notification import Notification, Outcome
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 SUMMARY_CHARS = 1024  # PagerDuty's limit on payload.summary
@@ -81,6 +83,8 @@ def payload(alert: Alert) -> dict[str, object]:
     details: dict[str, object] = dict(alert.details)
     details["count"] = alert.count
     details["alert_id"] = alert.alert_id
+    if alert.amount_at_risk_minor is not None and alert.currency is not None:
+        details["amount_at_risk"] = money(alert.amount_at_risk_minor, alert.currency)
     details["event_ids"] = alert.event_ids[:MAX_EVENT_IDS]
     if len(alert.event_ids) > MAX_EVENT_IDS:
         details["event_ids_omitted"] = len(alert.event_ids) - MAX_EVENT_IDS

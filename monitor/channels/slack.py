@@ -22,8 +22,10 @@ import json
 import httpx
 from pydantic import SecretStr
 
-from monitor.alerts import Alert, money
-from monitor.channels.base import DELIVERED, Notification, Outcome, format_link, post
+from monitor.channels.base import format_link, post
+from monitor.core.alerts import Alert
+from monitor.core.text import money
+from monitor.paging.notification import DELIVERED, Notification, Outcome
 
 MAX_ALERT_BLOCKS = 20  # Slack allows 50 blocks per message; a storm is summarised, not listed
 TEXT_CHARS = 3000  # Slack's limit on a section's text
@@ -96,17 +98,12 @@ _SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 def amounts(alert: Alert) -> list[str]:
-    """Integer `*_minor` details shown in major units: `debited 70.00 EUR`, `threshold 10,000.00
-    EUR`. Nothing is shown without a `currency` detail (an amount without it is meaningless)."""
-    currency = alert.details.get("currency")
-    if not isinstance(currency, str):
+    """The money the alert says is at risk, in major units (`35.00 EUR at risk`), from its
+    `amount_at_risk_minor` and `currency`; nothing for a rule that puts no money at risk (its
+    summary names the amounts)."""
+    if alert.amount_at_risk_minor is None or alert.currency is None:
         return []
-    shown = []
-    for key, value in alert.details.items():
-        if key.endswith("_minor") and isinstance(value, int) and not isinstance(value, bool):
-            label = key.removesuffix("_minor").replace("_", " ")
-            shown.append(f"{label} {money(value, currency)}")
-    return shown
+    return [f"{money(alert.amount_at_risk_minor, alert.currency)} at risk"]
 
 
 def _section(text: str) -> dict[str, object]:

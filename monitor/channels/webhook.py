@@ -23,7 +23,8 @@ from collections.abc import Callable
 import httpx
 from pydantic import SecretStr
 
-from monitor.channels.base import Notification, Outcome, post
+from monitor.channels.base import post
+from monitor.paging.notification import Notification, Outcome
 
 SIGNATURE_HEADER = "X-Posmon-Signature"
 TIMESTAMP_HEADER = "X-Posmon-Timestamp"

@@ -1,0 +1,249 @@
+"""The handlers of the `posmon` commands: the only place that wires objects together.
+
+Each takes the parsed arguments, builds what the command needs (settings, scorer, Kafka edges,
+channels), runs it and returns the exit status; `UsageError` is a problem on the user's side,
+reported by `main` as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+
+from monitor.cli.demo import DemoOptions, run_demo
+from monitor.cli.health import DispatchProbes
+from monitor.cli.oncall import retry_policy, run_dispatcher
+from monitor.cli.service import Service
+from monitor.cli.settings import load_policy, load_settings
+from monitor.cli.summary import print_summary
+from monitor.core.alerts import alert_json_schema
+from monitor.core.events import event_json_schema
+from monitor.observability.endpoints import Endpoints
+from monitor.scoring.pipeline import MemorySource, Stats
+from monitor.scoring.pipeline import run as run_scoring
+from monitor.scoring.scorer import Scorer
+from monitor.simulation.simulator import Simulation, SimulationSpec, write_simulation
+from monitor.streaming.files import JsonlSink, read_messages
+from monitor.streaming.produce import produce_lines
+from monitor.streaming.sink import KafkaSink
+from monitor.streaming.source import KafkaSource
+
+
+class UsageError(Exception):
+    """A problem on the user's side; reported as one line."""
+
+
+def replay(args: argparse.Namespace) -> int:
+    policy = load_policy(args.config)
+    if args.input != "-" and not Path(args.input).is_file():
+        raise UsageError(f"no such input file: {args.input}")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    dlq = args.dlq or args.alerts.with_name(f"{_stem(args.alerts)}.dlq.jsonl")
+    try:
+        sink = JsonlSink(args.alerts, dlq)
+    except OSError as exc:
+        raise UsageError(f"cannot write output: {exc.filename}: {exc.strerror}") from exc
+    scorer, stats = Scorer(policy), Stats()
+    _tune_gc()
+    started = time.perf_counter()
+    try:
+        run_scoring(MemorySource(read_messages(args.input), args.batch_size), sink, scorer, stats)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.input}: {exc.strerror}") from exc
+    finally:
+        sink.close()
+    elapsed = time.perf_counter() - started
+    if not args.quiet:
+        rate = stats.messages / elapsed if elapsed > 0 else 0.0
+        print_summary(
+            Console(),
+            title="posmon replay",
+            scorer=scorer,
+            stats=stats,
+            alerts=args.alerts,
+            dead_letters=dlq,
+            head=(("lines read", f"{stats.messages:,}"),),
+            tail=(("time", f"{elapsed:.2f} s ({rate:,.0f} lines/s)"),),
+        )
+    return 0
+
+
+def _stem(path: Path) -> str:
+    return path.name.removesuffix(".jsonl").removesuffix(".json")
+
+
+def _tune_gc() -> None:
+    """Switch the cycle collector off while scoring.
+
+    The state is millions of small long-lived objects that the collector would rescan again and
+    again (a fifth of the replay's time, measured), and the scoring path makes no reference
+    cycles (tests/test_memory.py proves it), so reference counting frees everything.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+
+def simulate(args: argparse.Namespace) -> int:
+    if args.hours <= 0 or args.merchants < 1:
+        raise UsageError("--hours must be positive and --merchants at least 1")
+    if args.topic is not None:
+        return _simulate_to_kafka(args)
+    if args.rate is not None or args.bootstrap_servers is not None:
+        raise UsageError("--rate and --bootstrap-servers go with --topic")
+    labels = args.labels or args.out.with_name(f"{_stem(args.out)}.labels.jsonl")
+    spec = SimulationSpec(
+        seed=args.seed, hours=args.hours, merchants=args.merchants, incidents=not args.no_incidents
+    )
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        labels.parent.mkdir(parents=True, exist_ok=True)
+        stats = write_simulation(spec, args.out, labels)
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from exc
+    print(f"wrote {args.out} and {labels}: {stats}", file=sys.stderr)
+    return 0
+
+
+def _simulate_to_kafka(args: argparse.Namespace) -> int:
+    if args.rate is not None and args.rate <= 0:
+        raise UsageError("--rate must be positive")
+    settings = load_settings(None, flags={"kafka.bootstrap_servers": args.bootstrap_servers}).kafka
+    spec = SimulationSpec(
+        seed=args.seed, hours=args.hours, merchants=args.merchants, incidents=not args.no_incidents
+    )
+    print(f"producing to {args.topic} on {settings.bootstrap_servers} ...", file=sys.stderr)
+    sent = produce_lines(settings, args.topic, Simulation(spec).lines(), rate=args.rate)
+    print(f"produced {sent:,} events to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: the loops finish their batch and stop cleanly."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _log_to_stderr() -> logging.Logger:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is a line per connection
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO names URLs; Slack's is a secret
+    return logging.getLogger("posmon")
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    settings = load_settings(
+        args.config,
+        flags={
+            "kafka.bootstrap_servers": args.bootstrap_servers,
+            "kafka.topic": args.topic,
+            "kafka.group": args.group,
+            "metrics.port": args.metrics_port,
+        },
+    )
+    log = _log_to_stderr()
+    service = Service(settings, KafkaSource(settings.kafka), KafkaSink(settings.kafka), stop=stop)
+    log.info(
+        "consuming %s on %s as group %s; /metrics, /healthz, /readyz on port %d",
+        settings.kafka.topic,
+        settings.kafka.bootstrap_servers,
+        settings.kafka.group,
+        service.endpoints.port,
+    )
+    _tune_gc()
+    dispatching = None
+    if settings.dispatch is not None:
+        dispatching = threading.Thread(
+            target=run_dispatcher,
+            args=(settings.kafka, settings.dispatch),
+            kwargs={"stop": stop, "policy": retry_policy(settings), "registry": service.registry},
+            name="posmon-dispatch",
+        )
+        dispatching.start()
+    service.run()
+    if dispatching is not None:
+        stop.set()
+        dispatching.join()
+    log.info(
+        "stopped: %d messages, %d alerts raised",
+        service.stats.messages,
+        sum(service.stats.raised.values()),
+    )
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()
+    settings = load_settings(args.config, flags={"kafka.bootstrap_servers": args.bootstrap_servers})
+    if settings.dispatch is None:
+        raise UsageError("the configuration has no `dispatch:` section (channels and routes)")
+    log = _log_to_stderr()
+    registry = CollectorRegistry()
+    probes = DispatchProbes(settings.run.stall_after)
+    endpoints = Endpoints(
+        settings.metrics.host,
+        settings.metrics.port,
+        registry,
+        health=probes.health,
+        ready=probes.ready,
+    ).start()
+    log.info("dispatching %s; /metrics on port %d", settings.kafka.alerts_topic, endpoints.port)
+    try:
+        dispatcher = run_dispatcher(
+            settings.kafka,
+            settings.dispatch,
+            stop=stop,
+            policy=retry_policy(settings),
+            registry=registry,
+            started=probes.started,
+        )
+    finally:
+        endpoints.stop()
+    log.info("stopped: %s", dispatcher.stats)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    if args.duration <= 0 or args.rate <= 0:
+        raise UsageError("--duration and --rate must be positive")
+    options = DemoOptions(
+        duration=args.duration, rate=args.rate, metrics_port=args.metrics_port, out=args.out
+    )
+    return run_demo(options, Console())
+
+
+def report(args: argparse.Namespace) -> int:
+    try:  # matplotlib is an extra: every other command runs without it
+        from monitor.report import ReportError, build_report  # noqa: PLC0415
+    except ImportError as exc:
+        raise UsageError(
+            f"posmon report needs matplotlib: pip install 'posmon[report]' ({exc})"
+        ) from exc
+    try:
+        page = build_report(args.alerts, args.out, dead_letters=args.dlq, title=args.title)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"report: {page}")
+    return 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    schema = event_json_schema() if args.which == "events" else alert_json_schema()
+    print(json.dumps(schema, indent=2))
+    return 0

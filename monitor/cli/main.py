@@ -1,0 +1,140 @@
+"""The `posmon` command (docs/contract.md, "Commands"): the parser and `main`.
+
+A problem the user can fix (a missing file, a bad config) ends the command with one line on
+stderr and exit status 2, never a traceback. The handlers are in `commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monitor import __version__
+from monitor.cli import commands
+from monitor.cli.settings import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except (commands.UsageError, ConfigError) as exc:
+        print(f"posmon: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("posmon: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return status
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="posmon",
+        description="Real-time transaction anomaly monitor for card terminals (POS).",
+    )
+    parser.add_argument("--version", action="version", version=f"posmon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    replay = sub.add_parser(
+        "replay",
+        help="score a JSONL file of events exactly as the stream would (a backtest)",
+        description="Score a JSONL file of events as the stream would, and write the alerts.",
+    )
+    replay.add_argument("input", help="events, one JSON object per line ('-' for stdin)")
+    replay.add_argument("--alerts", required=True, type=Path, help="where to write alerts (JSONL)")
+    replay.add_argument(
+        "--dlq", type=Path, help="where to write rejected lines (default: ALERTS.dlq.jsonl)"
+    )
+    replay.add_argument("--config", type=Path, help="YAML configuration with the detection policy")
+    replay.add_argument("--batch-size", type=int, default=1000, help=argparse.SUPPRESS)
+    replay.add_argument("--quiet", action="store_true", help="print no summary")
+    replay.set_defaults(handler=commands.replay)
+
+    simulate = sub.add_parser(
+        "simulate",
+        help="write realistic terminal traffic with labelled injected incidents",
+        description="Write simulated POS traffic (JSONL) and a labels file beside it.",
+    )
+    target = simulate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="events file to write (JSONL)")
+    target.add_argument("--topic", help="Kafka topic to produce to instead, keyed by merchant_id")
+    simulate.add_argument("--labels", type=Path, help="labels file (default: OUT.labels.jsonl)")
+    simulate.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (with --topic)")
+    simulate.add_argument(
+        "--rate",
+        type=float,
+        help="events per second to produce (with --topic; default: as fast as possible)",
+    )
+    simulate.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    simulate.add_argument("--hours", type=float, default=2.0, help="simulated hours (default 2)")
+    simulate.add_argument(
+        "--merchants", type=int, default=40, help="number of merchants (default 40)"
+    )
+    simulate.add_argument("--no-incidents", action="store_true", help="background traffic only")
+    simulate.set_defaults(handler=commands.simulate)
+
+    run_ = sub.add_parser(
+        "run",
+        help="consume the topic, score, publish alerts, serve /metrics /healthz /readyz",
+        description="The production monitor: consume, score, publish alerts to posmon.alerts and"
+        " rejects to <topic>.dlq. Settings: flags, then POSMON_... variables, then the file.",
+    )
+    run_.add_argument("--config", type=Path, help="YAML configuration (or POSMON_CONFIG)")
+    run_.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]")
+    run_.add_argument("--topic", help="input topic (default pos.events)")
+    run_.add_argument("--group", help="consumer group (default posmon)")
+    run_.add_argument(
+        "--metrics-port", type=int, help="port of /metrics, /healthz, /readyz (default 9464)"
+    )
+    run_.set_defaults(handler=commands.run)
+
+    dispatch = sub.add_parser(
+        "dispatch",
+        help="deliver alerts from the alerts topic to the configured on-call channels",
+        description="Consume posmon.alerts in its own group; route, group, inhibit, dedup and"
+        " deliver to the channels of the `dispatch:` section; park what cannot be delivered.",
+    )
+    dispatch.add_argument("--config", type=Path, help="YAML configuration (or POSMON_CONFIG)")
+    dispatch.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]")
+    dispatch.set_defaults(handler=commands.dispatch)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole system on this machine: embedded broker, simulator, monitor, alerts",
+        description="Start an embedded broker, simulated terminals with incidents, the monitor"
+        " and /metrics; show live progress and a summary. Ctrl-C stops everything.",
+    )
+    demo.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of traffic (default 60)"
+    )
+    demo.add_argument("--rate", type=float, default=2000.0, help="events per second (default 2000)")
+    demo.add_argument(
+        "--metrics-port", type=int, default=0, help="port of /metrics (default: a free one)"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("posmon-demo"), help="where alerts are written"
+    )
+    demo.set_defaults(handler=commands.demo)
+
+    report = sub.add_parser(
+        "report",
+        help="an HTML backtest report with charts, from the alerts of a replay",
+        description="Charts and tables of a replay's alerts: over time by detector, money at"
+        " risk, top merchants and terminals, severities, scores, dead letters by reason.",
+    )
+    report.add_argument("alerts", type=Path, help="the alerts JSONL written by posmon replay")
+    report.add_argument(
+        "--out", type=Path, required=True, help="folder for index.html and the charts"
+    )
+    report.add_argument("--dlq", type=Path, help="the dead letters of the same replay")
+    report.add_argument("--title", default="posmon backtest", help="the page's title")
+    report.set_defaults(handler=commands.report)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the event or the alert")
+    schema.add_argument("which", choices=["events", "alert"])
+    schema.set_defaults(handler=commands.schema)
+    return parser

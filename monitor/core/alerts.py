@@ -1,0 +1,66 @@
+"""The alert on the wire (docs/contract.md, "Alert"): its fields and its deterministic identity.
+
+The scorer's detectors grow incidents (`monitor.scoring.incident`) and turn each changed one into
+an `Alert` at the end of a batch. The same incident always gets the same `alert_id`, so a replay,
+a restart or a redelivery can never page twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+Severity = Literal["info", "warning", "critical"]
+Detector = Literal[
+    "failed_then_debited",
+    "duplicate_debit",
+    "missing_reversal",
+    "small_amount_burst",
+    "terminal_failure_spike",
+    "large_amount",
+    "stale_preauth",
+    "model_outlier",
+]
+DETECTORS: tuple[str, ...] = Detector.__args__  # type: ignore[attr-defined]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
+class Alert(BaseModel):
+    """One alert as every consumer sees it (alerts topic, replay output, channel adapters).
+
+    `amount_at_risk_minor` and `currency` carry the money of the rules that find customers'
+    money taken in error (ghost and duplicate debits); `currency` is also set wherever the
+    incident is about amounts of one currency. Consumers read money from these two fields,
+    never from `details`, whose keys belong to each detector.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alert_id: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+    detector: Detector
+    severity: Severity
+    terminal_id: str
+    merchant_id: str
+    card_id: str | None
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    event_ids: list[str]
+    count: Annotated[int, Field(ge=1)]
+    summary: str
+    details: dict[str, object]
+    score: float | None = None
+    model_version: str | None = None
+    amount_at_risk_minor: Annotated[int, Field(ge=0)] | None = None
+    currency: Currency | None = None
+
+
+def alert_id(detector: str, *key: str) -> str:
+    """The deterministic id: the first 32 hex digits of SHA-256 over detector and incident key."""
+    material = "\x1f".join((detector, *key)).encode()
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def alert_json_schema() -> dict[str, object]:
+    return Alert.model_json_schema()

@@ -1,0 +1,38 @@
+"""What a loop reads: batches of raw messages from a `Source` (a file, a list, Kafka).
+
+Both loops (scoring and dispatch) consume batches and tell the source when a batch is done, so
+the offset bookkeeping of a broker stays behind this seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(slots=True)
+class Batch:
+    """Messages to handle, by partition, and the position to commit once they are handed on.
+
+    `active` names the partitions that hold the watermark back (None: every partition seen, as
+    in a replay, or none assigned yet);
+    a source lists every assigned partition but those idle (caught up and quiet for a while),
+    so an idle partition cannot stall the others, and an empty `active` (all idle) lets the
+    watermark reach the newest event time.
+    """
+
+    chunks: Sequence[tuple[int, Sequence[bytes]]]
+    position: object = None
+    active: Collection[int] | None = None
+
+    def __len__(self) -> int:
+        return sum(len(messages) for _, messages in self.chunks)
+
+
+class Source(Protocol):
+    def poll(self) -> Batch | None:
+        """The next batch; an empty batch when nothing is there yet, None at the end of input."""
+
+    def commit(self, batch: Batch) -> None:
+        """Record that `batch` is done (its alerts and dead letters were handed on)."""

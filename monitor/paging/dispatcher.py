@@ -1,0 +1,240 @@
+"""The dispatch loop: alerts from the alerts topic to the on-call channels (ARCHITECTURE.md).
+
+    poll alerts -> route and group them (`Groups.add`), note open inhibition sources -> at each
+    tick, run every due group's flush and every resolve through the stages (`stages.compose`:
+    inhibit, dedup against the ledger, storm limit, deliver with retry, record) -> commit the
+    alerts that are settled (`Offsets`)
+
+Resolve: an incident of a detector whose incidents end by themselves (an outage that subsides,
+a burst that stops) is resolved once its alert has not grown for `RESOLVE_AFTER` of event time
+(the newest `last_seen` the dispatcher has seen: a replay resolves the same way); the channels
+that were told and support it hear `resolve`. Channels that expire firing alerts by themselves
+(Alertmanager: `repost_every`) are told again about open incidents until they resolve.
+
+An alert's offset is committed only once every group it joined has been flushed with it (or it
+was parked, inhibited, or found already said): a crash re-reads the unsettled alerts, and the
+ledger, restored at start-up, turns what was already paged into "duplicate". Scoring never waits
+on HTTP: this loop runs apart from it, and an undeliverable page waits on the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from pydantic import ValidationError
+
+from monitor.core.alerts import Alert
+from monitor.core.batches import Batch, Source
+from monitor.paging.delivery import Deliverer
+from monitor.paging.grouping import Flush, Groups
+from monitor.paging.inhibition import Inhibitor
+from monitor.paging.ledger import Ledger
+from monitor.paging.metrics import DispatchMetrics
+from monitor.paging.notification import Channel, Notification
+from monitor.paging.offsets import Offsets
+from monitor.paging.resolution import FORGET_AFTER, RESOLVE_AFTER, resolution
+from monitor.paging.routing import DispatchConfig, routes_for
+from monitor.paging.stages import Deliver, DispatchStats, Outbox, Page, compose, run
+from monitor.paging.storm import StormLimiter
+
+log = logging.getLogger("posmon.dispatch")
+
+# How long the ledger remembers what was said (far beyond any repeat_interval), and how often
+# it is pruned.
+LEDGER_RETENTION = 7 * 86400.0
+_PRUNE_EVERY = 3600.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: DispatchConfig,
+        channels: Mapping[str, Channel],
+        deliverer: Deliverer,
+        outbox: Outbox,
+        *,
+        ledger: Ledger | None = None,
+        metrics: DispatchMetrics | None = None,
+        clock: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        self.config = config
+        self.channels = channels
+        self.deliverer = deliverer
+        self.outbox = outbox
+        self.ledger = ledger or Ledger()
+        self.groups = Groups(config)
+        self.inhibitor = Inhibitor(config.inhibitions)
+        self.storm = StormLimiter()
+        self.stats = DispatchStats()
+        self.offsets = Offsets()
+        # `clock` times deliveries only; decisions use the `now` passed in.
+        self.deliver = Deliver(channels, deliverer, self.stats, metrics, clock)
+        self.stages = compose(
+            inhibitor=self.inhibitor,
+            ledger=self.ledger,
+            storm=self.storm,
+            deliver=self.deliver,
+            outbox=outbox,
+        )
+        self.last_turn: float | None = None  # when the loop last turned (for /healthz)
+        self._open: dict[str, Alert] = {}  # notified incidents that may still resolve
+        self._event_time = 0.0  # the newest last_seen seen, epoch seconds
+        self._reposted: dict[str, float] = {}  # channel -> when open incidents were last re-sent
+        self._pruned_at: float | None = None
+        if metrics is not None:
+            # Read at scrape time: the loop itself may be busy retrying a channel that is down,
+            # which is exactly when the age of the backlog matters.
+            offsets = self.offsets
+            metrics.oldest.set_function(lambda: offsets.oldest(clock()))
+
+    # -- input -------------------------------------------------------------------------------
+
+    def receive(self, batch: Batch, now: float) -> None:
+        """Take a batch of alert messages; `batch.position` maps partition -> next offset."""
+        assert isinstance(batch.position, dict)
+        for partition, messages in batch.chunks:
+            first = batch.position[partition] - len(messages)
+            for i, raw in enumerate(messages):
+                where = (partition, first + i)
+                self.offsets.received(where)
+                self.stats.received += 1
+                try:
+                    alert = Alert.model_validate_json(raw)
+                except ValidationError as exc:
+                    self.stats.invalid += 1
+                    self.outbox.park(
+                        [
+                            {
+                                "reason": "invalid_alert",
+                                "error": _one_line(exc),
+                                "raw": raw.decode(errors="replace"),
+                            }
+                        ]
+                    )
+                    continue
+                self._event_time = max(self._event_time, alert.last_seen.timestamp())
+                if alert.details.get("resolved") is True:  # the scorer saw the incident end
+                    self._open.pop(alert.alert_id, None)
+                    self.groups.resolve(alert.alert_id)
+                    self._resolve(alert, now)
+                    continue
+                self._open[alert.alert_id] = alert
+                self.inhibitor.observe(alert, now)
+                keys = self.groups.add(alert, now)
+                if keys:
+                    self.offsets.wait(where, alert.alert_id, {str(k) for k in keys}, now)
+
+    # -- the tick ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Page every group that is due, resolve what went quiet, re-post open incidents to the
+        channels that expire them, prune the ledger, and send the storm summaries that are due."""
+        for flush in self.groups.due(now):
+            self._flush(flush, now)
+        self._resolve_quiet(now)
+        self._repost(now)
+        self._prune(now)
+        self._storm_summaries(now)
+
+    def _flush(self, flush: Flush, now: float) -> None:
+        self.stats.flushes[flush.reason] += 1
+        key = str(flush.key)
+        log.debug("group %s: %s flush, %d firing", key, flush.reason, len(flush.alerts))
+        page = Page("trigger", key, flush.route, tuple(flush.route.channels), list(flush.alerts))
+        if run(self.stages, page, now).interrupted:
+            return  # stopping: the group's alerts stay unsettled and are read again
+        # The resolved ones too: an alert that ended before its group went out waits no more.
+        for alert in (*flush.alerts, *flush.resolved):
+            self.offsets.settle(alert.alert_id, key)
+
+    def _resolve_quiet(self, now: float) -> None:
+        for alert_id, alert in list(self._open.items()):
+            after = RESOLVE_AFTER.get(alert.detector, FORGET_AFTER)
+            if resolution(alert, self._event_time, after) is None:
+                continue
+            del self._open[alert_id]
+            self.groups.resolve(alert_id)
+            if alert.detector in RESOLVE_AFTER:
+                self._resolve(alert, now)
+            else:
+                self.inhibitor.resolve(alert_id)
+
+    def _resolve(self, alert: Alert, now: float) -> None:
+        """Tell every channel that heard of `alert`, and can, that its incident ended."""
+        self.inhibitor.resolve(alert.alert_id)
+        names = {name for route in routes_for(self.config, alert) for name in route.channels}
+        able = tuple(name for name in sorted(names) if self.channels[name].supports_resolve)
+        run(self.stages, Page("resolve", alert.alert_id, None, able, [alert]), now)
+
+    def _repost(self, now: float) -> None:
+        """Tell channels that expire firing alerts (Alertmanager) again about open incidents."""
+        for name, channel in self.channels.items():
+            every = getattr(channel, "repost_every", None)
+            if every is None or now - self._reposted.setdefault(name, now) < every:
+                continue
+            self._reposted[name] = now
+            told = [
+                a
+                for a in self._open.values()
+                if a.detector in RESOLVE_AFTER and self.ledger.get(a.alert_id, name) is not None
+            ]
+            if told:
+                self.deliver.send(name, Notification("trigger", tuple(told), "repost"))
+
+    def _prune(self, now: float) -> None:
+        if self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        forgotten = self.ledger.forget(now - LEDGER_RETENTION)
+        if forgotten:
+            self.outbox.forget(forgotten)
+
+    def _storm_summaries(self, now: float) -> None:
+        for summary in self.storm.due(now):
+            route = self.config.route(summary.route)
+            note = Notification(
+                "trigger", tuple(summary.examples), f"{summary.route}/storm", summary.text
+            )
+            for name in route.channels:
+                self.deliver.send(name, note)
+            self.stats.summaries += 1
+
+    # -- commits -----------------------------------------------------------------------------
+
+    def oldest_undelivered(self, now: float) -> float:
+        """Seconds since the oldest unsettled alert arrived (0 when none)."""
+        return self.offsets.oldest(now)
+
+    def committable(self) -> dict[int, int]:
+        """Per partition, the next offset to commit: just past the longest settled prefix."""
+        return self.offsets.committable()
+
+
+def run_dispatch(
+    source: Source,
+    dispatcher: Dispatcher,
+    *,
+    now: Callable[[], float],
+    stopping: Callable[[], bool],
+) -> None:
+    """The loop: receive what the source has, tick, commit what is settled. `now` is the wall
+    clock in seconds: the ledger's times outlive the process (and the machine)."""
+    while not stopping():
+        batch = source.poll()
+        if batch is None:
+            return
+        moment = dispatcher.last_turn = now()
+        if batch.chunks:
+            dispatcher.receive(batch, moment)
+        dispatcher.tick(moment)
+        positions = dispatcher.committable()
+        if positions:
+            source.commit(Batch([], positions))
+
+
+def _one_line(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)
+    )

@@ -1,0 +1,165 @@
+"""What a detector is to the scorer: the event kinds it wants, its own state, its decisions.
+
+The rules are of three kinds (docs/detectors.md, "Time"), one protocol each:
+
+- `OnArrival` decides as an event arrives: its hooks return what they found (`large_amount`).
+- `Deadline` schedules a decision in its `Timetable` when an event arrives; the decision is
+  taken once the watermark passes its deadline, so it only looks at events before the deadline
+  (`failed_then_debited`, `duplicate_debit`, `missing_reversal`, `stale_preauth`).
+- `Ordered` holds its events back and counts them in event-time order once the watermark has
+  passed them (`small_amount_burst`, `terminal_failure_spike`).
+
+A detector owns its whole rule: its settings (a `DetectorSettings` in its module, which builds
+it), which event kinds it wants (`hooks`), its typed state, its decisions and the text of its
+alerts (an `Incident` subclass). Thresholds live in the settings, apart from the state. The
+scorer owns what detectors share (`Shared`): dedup, the watermark, the attempts and the timers.
+The registry is `monitor.scoring.policy.Detectors`, one line per detector.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from monitor.core.alerts import Severity
+from monitor.core.events import Event
+from monitor.scoring.attempts import Attempt, Attempts
+from monitor.scoring.incident import Incident
+from monitor.scoring.state import Timers, Watermark
+
+P = TypeVar("P")
+
+# What a hook found: the incidents it opened or grew (None, the usual answer: nothing).
+Found = Sequence[Incident] | None
+EventHook = Callable[[Event], Found]
+AttemptHook = Callable[[Event, Attempt], Found]
+# Where a decision stands among all detectors' decisions: (deadline, rank, key, sequence).
+Order = tuple[int, int, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """The event kinds a detector wants and what it does with each.
+
+    `on_attempt` takes the kinds of `ATTEMPT_KINDS` (outcomes, reversals, refunds, debits) and
+    is called with the attempt the scorer has just applied the event to; `on_event` takes the
+    other kinds (requests, holds).
+    """
+
+    on_event: Mapping[str, EventHook] = field(default_factory=dict)
+    on_attempt: Mapping[str, AttemptHook] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What the scorer shares with its detectors. Detectors read the attempts and the watermark;
+    only the scorer applies events to attempts and moves time."""
+
+    attempts: Attempts
+    watermark: Watermark
+    lateness_us: int
+    attempt_ttl_us: int
+    cap: int  # the hard cap of every keyed store
+    max_evidence: int
+
+
+class Timetable(Generic[P]):
+    """A deadline detector's pending decisions, with their typed payloads.
+
+    Due decisions come out ordered by (deadline, rank, key): never by arrival order, so any
+    arrival order within the lateness takes the same decisions in the same order. The rank (the
+    detector's place in the registry) orders decisions of different detectors due at once.
+    """
+
+    __slots__ = ("_timers", "rank")
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        self._timers: Timers[P] = Timers()
+
+    def __len__(self) -> int:
+        return len(self._timers)
+
+    def at(self, deadline: int, key: str, payload: P) -> None:
+        self._timers.schedule(deadline, self.rank, key, payload)
+
+    def due(self, watermark: int) -> Iterator[tuple[Order, P]]:
+        return self._timers.due(watermark)
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What every detector offers the scorer."""
+
+    def hooks(self) -> Hooks:
+        """The event kinds it wants; asked once, when the scorer is built."""
+        ...
+
+    def sweep(self, watermark: int) -> None:
+        """Forget the state the watermark has left behind (called every few minutes)."""
+
+    def sizes(self) -> Mapping[str, int]:
+        """Entries held per store, for `posmon_state_entries` (stores of one name add up)."""
+        return {}
+
+    def tallies(self) -> Mapping[str, int]:
+        """Running counts of what it saw, for the metrics."""
+        return {}
+
+
+@runtime_checkable
+class OnArrival(Detector, Protocol):
+    """Decides on arrival: its hooks return the incidents they opened or grew."""
+
+
+@runtime_checkable
+class Deadline(Detector, Protocol[P]):
+    """Its hooks schedule decisions in its `timetable`; `decisions` takes those the watermark
+    has passed, and the scorer emits them in `Order` across every deadline detector."""
+
+    timetable: Timetable[P]
+
+    @abstractmethod
+    def decide(self, payload: P, deadline: int) -> Incident | None:
+        """Take one decision; it may only look at events before `deadline`."""
+
+    def decisions(self, watermark: int) -> Iterator[tuple[Order, Incident | None]]:
+        for order, payload in self.timetable.due(watermark):
+            yield order, self.decide(payload, order[0])
+
+
+@runtime_checkable
+class Ordered(Detector, Protocol):
+    """Its hooks hold events back until the watermark passes them."""
+
+    @abstractmethod
+    def release(self, watermark: int, *, inclusive: bool) -> Iterator[Incident]:
+        """Count the held-back events older than the watermark (or at it, once the input has
+        ended) in (time, event_id) order; yield the incidents they opened or grew."""
+
+    @abstractmethod
+    def advance(self, watermark: int) -> None:
+        """Every event older than `watermark` has been counted."""
+
+
+class DetectorSettings(BaseModel):
+    """A detector's section of the policy. Unknown keys are refused; the defaults are the
+    contract's (docs/detectors.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    severity: Severity = "warning"
+
+    def attempt_horizon(self) -> float:
+        """Seconds of attempt state its decisions look back over (the policy checks that
+        `state.attempt_ttl` covers it)."""
+        return 0.0
+
+    @abstractmethod
+    def build(self, shared: Shared, rank: int) -> Detector:
+        """The detector these settings describe."""
