@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-dev
 DEMO   := .demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo backtest system-deps test soak lint format bench clean
+.PHONY: help demo backtest system-deps test soak lint format bench mutate clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,10 +44,11 @@ test: $(STAMP) system-deps ## run every test
 soak: $(STAMP) ## the property tests on fresh random examples, 2,000 each (CI runs a fixed 50)
 	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/test_properties.py
 
-lint: $(STAMP) ## ruff and mypy --strict
+lint: $(STAMP) ## ruff, mypy --strict and the import contracts of the layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
@@ -57,5 +58,9 @@ bench: $(STAMP) ## replay and streaming throughput, latency and memory (prints i
 	$(BIN)/python bench/replay_bench.py
 	$(BIN)/python bench/stream_bench.py
 
+mutate: $(STAMP) ## mutation testing of the scoring core and the paging stages (long; not in make test)
+	$(BIN)/mutmut run
+	$(BIN)/mutmut results
+
 clean: ## remove the virtual environment and outputs
-	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache mutants
