@@ -1,7 +1,8 @@
 """A generic signed JSON webhook, for in-house receivers (case management, chat bridges).
 
-Body: `{"kind", "group_key", "summary", "alerts": [alert objects as in CONTRACT section 3]}`,
-serialised once; the signature is computed over exactly the bytes sent. Headers:
+Body: `{"kind", "group_key", "summary", "alerts": [alert objects]}`, each alert as in
+docs/contract.md, "Alert"; serialised once; the signature is computed over exactly the bytes
+sent. Headers:
 
 - `X-Posmon-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed with the shared secret>`;
 - `X-Posmon-Timestamp: <epoch seconds>` when the attempt was made.

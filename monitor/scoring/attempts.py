@@ -81,17 +81,17 @@ class Attempt:
             self.debits.sort(key=lambda d: (d.t, d.event_id))
         return self.debits
 
-    def add_reversal(self, t: int) -> None:
+    def on_reversal(self, ev: Event) -> None:
         if self.reversals is None:
-            self.reversals = [t]
+            self.reversals = [ev.t]
         else:
-            self.reversals.append(t)
+            self.reversals.append(ev.t)
 
-    def add_refund(self, t: int) -> None:
+    def on_refund(self, ev: Event) -> None:
         if self.refunds is None:
-            self.refunds = [t]
+            self.refunds = [ev.t]
         else:
-            self.refunds.append(t)
+            self.refunds.append(ev.t)
 
     def reversed_before(
         self, deadline: int, *, refunds: bool = True, inclusive: bool = False
@@ -138,33 +138,12 @@ class Attempts:
             attempt.last = ev.t
         return attempt
 
-    def updater(self, kind: str) -> Callable[[Event], Attempt] | None:
-        """What applying an event of `kind` to its attempt means (None: not an attempt kind)."""
+    def updater(self, kind: str) -> Callable[[Attempt, Event], object] | None:
+        """What applying an event of `kind` to its attempt means (None: not an attempt kind);
+        the scorer calls it on `touch(ev)`."""
         if kind in OUTCOMES:
-            return self.outcome
-        return {"reversal": self.reversal, "refund": self.refund, "debit_posted": self.debit}.get(
-            kind
-        )
-
-    def outcome(self, ev: Event) -> Attempt:
-        attempt = self.touch(ev)
-        attempt.on_outcome(ev)
-        return attempt
-
-    def reversal(self, ev: Event) -> Attempt:
-        attempt = self.touch(ev)
-        attempt.add_reversal(ev.t)
-        return attempt
-
-    def refund(self, ev: Event) -> Attempt:
-        attempt = self.touch(ev)
-        attempt.add_refund(ev.t)
-        return attempt
-
-    def debit(self, ev: Event) -> Attempt:
-        attempt = self.touch(ev)
-        attempt.add_debit(ev)
-        return attempt
+            return Attempt.on_outcome
+        return _APPLY.get(kind)
 
     def _evict_oldest(self) -> None:
         while self._order:
@@ -185,6 +164,13 @@ class Attempts:
                 del by_ref[ref]
             else:
                 order.append((attempt.last, ref))
+
+
+_APPLY: dict[str, Callable[[Attempt, Event], object]] = {
+    "reversal": Attempt.on_reversal,
+    "refund": Attempt.on_refund,
+    "debit_posted": Attempt.add_debit,
+}
 
 
 class Marks(Generic[V]):

@@ -14,6 +14,7 @@ The scorer knows no detector by name: it builds those the policy enables, in reg
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Final
 
@@ -22,10 +23,12 @@ from monitor.core.durations import us
 from monitor.core.events import KINDS, Event
 from monitor.scoring.attempts import ATTEMPT_KINDS, Attempt, Attempts
 from monitor.scoring.detectors.base import (
+    Amounts,
     AttemptHook,
     Deadline,
     Detector,
     EventHook,
+    Found,
     Order,
     Ordered,
     Shared,
@@ -208,7 +211,7 @@ def _handlers(
     Plain closures over the stores, not bound methods of the scorer: those would make the scorer
     a reference cycle, and the CLI runs without the cycle collector (see cli.commands._tune_gc).
     """
-    event_hooks: dict[str, list[EventHook]] = {kind: [] for kind in KINDS}
+    event_hooks: dict[str, list[EventHook | Amounts]] = {kind: [] for kind in KINDS}
     attempt_hooks: dict[str, list[AttemptHook]] = {kind: [] for kind in KINDS}
     for detector in detectors:
         hooks = detector.hooks()
@@ -222,36 +225,112 @@ def _handlers(
             attempt_hooks[kind].append(attempt_hook)
     handlers = {}
     for kind in KINDS:
-        update = attempts.updater(kind)
-        if update is None:
+        apply = attempts.updater(kind)
+        if apply is None:
             handlers[kind] = _on_event(tuple(event_hooks[kind]), changed)
         else:
-            handlers[kind] = _on_attempt(update, tuple(attempt_hooks[kind]), changed)
+            handlers[kind] = _on_attempt(attempts.touch, apply, tuple(attempt_hooks[kind]), changed)
     return handlers
 
 
-def _on_event(hooks: tuple[EventHook, ...], changed: dict[str, Incident]) -> Handler:
+# The handlers are the per-event path: one or two hooks per kind are the rule, so those are
+# called without a loop (a loop over a tuple costs more than the call of a hook that finds
+# nothing).
+
+
+def _on_event(hooks: tuple[EventHook | Amounts, ...], changed: dict[str, Incident]) -> Handler:
+    def found(incidents: Found) -> None:
+        if incidents is not None:
+            for incident in incidents:
+                changed[incident.alert_id] = incident
+
+    bands = [
+        (h.hook, h.at_least, math.inf if h.at_most is None else h.at_most)
+        if isinstance(h, Amounts)
+        else (h, 0, math.inf)
+        for h in hooks
+    ]
+    if len(bands) == 1:
+        ((first, low1, high1),) = bands
+
+        def handle_one(ev: Event) -> None:
+            if low1 <= ev.amount_minor <= high1:
+                incidents = first(ev)
+                if incidents is not None:
+                    found(incidents)
+
+        return handle_one
+    if len(bands) == 2:
+        (first, low1, high1), (second, low2, high2) = bands
+
+        def handle_two(ev: Event) -> None:
+            amount = ev.amount_minor
+            if low1 <= amount <= high1:
+                incidents = first(ev)
+                if incidents is not None:
+                    found(incidents)
+            if low2 <= amount <= high2:
+                incidents = second(ev)
+                if incidents is not None:
+                    found(incidents)
+
+        return handle_two
+
     def handle(ev: Event) -> None:
-        for hook in hooks:
-            found = hook(ev)
-            if found is not None:
-                for incident in found:
-                    changed[incident.alert_id] = incident
+        amount = ev.amount_minor
+        for hook, low, high in bands:
+            if low <= amount <= high:
+                incidents = hook(ev)
+                if incidents is not None:
+                    found(incidents)
 
     return handle
 
 
 def _on_attempt(
-    update: Callable[[Event], Attempt],
+    touch: Callable[[Event], Attempt],
+    apply: Callable[[Attempt, Event], object],
     hooks: tuple[AttemptHook, ...],
     changed: dict[str, Incident],
 ) -> Handler:
+    def found(incidents: Found) -> None:
+        if incidents is not None:
+            for incident in incidents:
+                changed[incident.alert_id] = incident
+
+    if len(hooks) == 1:
+        (first,) = hooks
+
+        def handle_one(ev: Event) -> None:
+            attempt = touch(ev)
+            apply(attempt, ev)
+            incidents = first(ev, attempt)
+            if incidents is not None:
+                found(incidents)
+
+        return handle_one
+
+    if len(hooks) == 2:
+        first, second = hooks
+
+        def handle_two(ev: Event) -> None:
+            attempt = touch(ev)
+            apply(attempt, ev)
+            incidents = first(ev, attempt)
+            if incidents is not None:
+                found(incidents)
+            incidents = second(ev, attempt)
+            if incidents is not None:
+                found(incidents)
+
+        return handle_two
+
     def handle(ev: Event) -> None:
-        attempt = update(ev)
+        attempt = touch(ev)
+        apply(attempt, ev)
         for hook in hooks:
-            found = hook(ev, attempt)
-            if found is not None:
-                for incident in found:
-                    changed[incident.alert_id] = incident
+            incidents = hook(ev, attempt)
+            if incidents is not None:
+                found(incidents)
 
     return handle

@@ -1,8 +1,9 @@
 """Lines the monitor must reject, one variant at a time.
 
 Reasons follow the labels file: `not_json` (not UTF-8, not JSON, or JSON that is not an
-object), `schema` (a JSON object that breaks a field rule of CONTRACT section 1) and `pan` (an
-otherwise valid event whose `card_id` is a Luhn-valid card number, plain or with separators).
+object), `schema` (a JSON object that breaks a field rule of docs/contract.md, "Event") and
+`pan` (an otherwise valid event whose `card_id` is a Luhn-valid card number, plain or with
+separators).
 
 Every variant is built from a harmless template: an `auth_request` of an ordinary amount with a
 fresh card, reference and event id, timed at the newest `event_time` seen so far. So a monitor

@@ -1,7 +1,7 @@
 """Seeded, deterministic POS terminal traffic with labelled incidents (`posmon simulate`).
 
-`Simulation(spec).lines()` yields the JSONL lines of the events file (CONTRACT section 1) in
-arrival order; once they are exhausted, `labels` holds what a perfect monitor should report:
+`Simulation(spec).lines()` yields the JSONL lines of the events file (docs/contract.md, "Event")
+in arrival order; once they are exhausted, `labels` holds what a perfect monitor should report:
 
 - `{"type": "incident", "detector", <entity fields>, "start", "end", ["count"], "note"}`: one
   per expected alert. The entity fields identify the alert: `card_id` + `terminal_id` +

@@ -42,15 +42,25 @@ Order = tuple[int, int, str, int]
 
 
 @dataclass(frozen=True, slots=True)
+class Amounts:
+    """An event hook the scorer calls only for amounts in `[at_least, at_most]`: a rule about
+    small or large amounts is not called for the rest (the per-event path is the hot one)."""
+
+    hook: EventHook
+    at_least: int = 0
+    at_most: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Hooks:
     """The event kinds a detector wants and what it does with each.
 
     `on_attempt` takes the kinds of `ATTEMPT_KINDS` (outcomes, reversals, refunds, debits) and
     is called with the attempt the scorer has just applied the event to; `on_event` takes the
-    other kinds (requests, holds).
+    other kinds (requests, holds), each hook possibly limited to a band of `Amounts`.
     """
 
-    on_event: Mapping[str, EventHook] = field(default_factory=dict)
+    on_event: Mapping[str, EventHook | Amounts] = field(default_factory=dict)
     on_attempt: Mapping[str, AttemptHook] = field(default_factory=dict)
 
 

@@ -155,21 +155,16 @@ class FailedThenDebited(Deadline[Event]):
         return None
 
     def on_debit(self, ev: Event, attempt: Attempt) -> Found:
-        """Decide the debit at its time plus the grace, unless it cannot be a ghost debit."""
-        if not self._settled_approved(attempt):
-            self.timetable.at(ev.t + self.grace, ev.event_id, ev)
-        return None
+        """Decide the debit at its time plus the grace, unless it cannot be a ghost debit.
 
-    def _settled_approved(self, attempt: Attempt) -> bool:
-        """True when the attempt's first outcome is an approval no on-time event can precede.
-
-        The debit of such an attempt can never be a ghost debit, so it needs no decision: this
-        spares the timer of nearly every debit in normal traffic.
+        The debit of an attempt whose first outcome is an approval that no on-time event can
+        precede any more (it is behind the watermark) needs no decision: this spares the timer
+        of nearly every debit in normal traffic.
         """
         first = attempt.first_outcome
-        return (
-            first is not None and first.kind == "auth_approved" and first.t < self._watermark.value
-        )
+        if first is None or first.kind != "auth_approved" or first.t >= self._watermark.value:
+            self.timetable.at(ev.t + self.grace, ev.event_id, ev)
+        return None
 
     def decide(self, payload: Event, deadline: int) -> GhostDebits | None:
         """Take the decision for one debit (called in deadline order)."""

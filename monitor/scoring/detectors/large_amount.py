@@ -11,7 +11,14 @@ from monitor.core.alerts import Currency, alert_id
 from monitor.core.durations import PositiveInt
 from monitor.core.events import Event
 from monitor.core.text import money, short_card
-from monitor.scoring.detectors.base import DetectorSettings, Found, Hooks, OnArrival, Shared
+from monitor.scoring.detectors.base import (
+    Amounts,
+    DetectorSettings,
+    Found,
+    Hooks,
+    OnArrival,
+    Shared,
+)
 from monitor.scoring.incident import Incident
 from monitor.scoring.state import Expiring
 
@@ -57,11 +64,9 @@ class LargeAmount(OnArrival):
         self._open: Expiring[LargeAttempt] = Expiring(shared.attempt_ttl_us, shared.cap)
 
     def hooks(self) -> Hooks:
-        return Hooks(on_event={"auth_request": self.on_request})
+        return Hooks(on_event={"auth_request": Amounts(self.on_request, at_least=self._from)})
 
     def on_request(self, ev: Event) -> Found:
-        if ev.amount_minor < self._from:
-            return None
         if ev.amount_minor < self.settings.threshold(ev.currency):
             return None
         incident = self._open.get_or_create(ev.txn_ref, ev.t, lambda: self._open_incident(ev))

@@ -16,7 +16,14 @@ from monitor.core.alerts import alert_id
 from monitor.core.durations import PositiveInt, Seconds, us
 from monitor.core.events import Event
 from monitor.core.text import minutes, money, short_card
-from monitor.scoring.detectors.base import DetectorSettings, Found, Hooks, Ordered, Shared
+from monitor.scoring.detectors.base import (
+    Amounts,
+    DetectorSettings,
+    Found,
+    Hooks,
+    Ordered,
+    Shared,
+)
 from monitor.scoring.detectors.episodes import Episodes
 from monitor.scoring.incident import Incident
 from monitor.scoring.state import Reorder, WindowLog
@@ -75,12 +82,11 @@ class SmallAmountBurst(Ordered):
         return len(self._held)
 
     def hooks(self) -> Hooks:
-        return Hooks(on_event={"auth_request": self.on_request})
+        small = Amounts(self.on_request, at_most=self.settings.max_amount_minor)
+        return Hooks(on_event={"auth_request": small})
 
     def on_request(self, ev: Event) -> Found:
         """A small attempt arrived: log it now, count it once the watermark passes it."""
-        if ev.amount_minor > self.settings.max_amount_minor:
-            return None
         self.small_attempts += 1
         self._cards.append(ev.card_id, ev.t, ev.event_id, ev)
         if self.settings.terminal_min_attempts is not None:
