@@ -83,6 +83,7 @@ def test_pagerduty_trigger_is_one_valid_events_v2_event(
     details = payload["custom_details"]
     assert details["count"] == 1
     assert details["debited_minor"] == 3500
+    assert details["amount_at_risk"] == "35.00 EUR"  # from the alert's typed money fields
     assert details["event_ids"] == [f"e{i}" for i in range(50)]
     assert details["event_ids_omitted"] == 30
     assert "tok_9f31aa00c1" not in request.request.body.decode()  # the card token stays home
@@ -264,6 +265,7 @@ def test_slack_message_is_readable(client: httpx.Client) -> None:
     assert "*[critical] failed_then_debited*" in text
     assert "merchant M-01 · terminal T-0042" in text
     assert "debited 35.00 EUR" in text
+    assert "terminal T-0042 · 35.00 EUR at risk" in text  # from the alert's typed money fields
     assert f"<https://grafana.example/d/posmon?var-alert_id={alert.alert_id}|" in text
 
 
@@ -450,3 +452,15 @@ def test_secrets_are_absent_from_repr(client: httpx.Client) -> None:
 def test_a_notification_needs_an_alert() -> None:
     with pytest.raises(ValueError, match="at least one alert"):
         Notification("trigger", (), "g")
+
+
+def test_slack_shows_no_money_for_a_rule_that_puts_none_at_risk(client: httpx.Client) -> None:
+    """Money comes from `amount_at_risk_minor` and `currency`, never from `details` keys."""
+    alert = make_alert(detector="large_amount", severity="warning").model_copy(
+        update={"amount_at_risk_minor": None}
+    )
+    with running(slack) as service:
+        slack_channel(service, client).send(trigger(alert))
+        text = service.requests()[0].json()["blocks"][0]["text"]["text"]
+    assert "at risk" not in text
+    assert "merchant M-01 · terminal T-0042\n" in text

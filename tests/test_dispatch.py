@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from monitor.cli.health import DispatchProbes
 from monitor.core.alerts import Alert, alert_id
 from monitor.core.batches import Batch
 from monitor.paging.delivery import Deliverer, RetryPolicy
@@ -276,3 +277,40 @@ def test_the_ledger_forgets_after_its_retention_and_says_so() -> None:
     d.tick(8 * 86400.0)
     assert d.ledger.get(ghost.alert_id, "risk") is None
     assert getattr(outbox, "forgotten", []) == [(ghost.alert_id, "risk")]
+
+
+def test_an_alert_resolved_before_its_group_went_out_is_settled_by_that_flush() -> None:
+    """A grown version waits for its group's next interval; the scorer resolves the incident
+    first. The group's flush carries it as resolved, and that settles its offset: commits go
+    on instead of stopping at it for good."""
+    risk = FakeChannel("risk")
+    d, _ = dispatcher({"ops": FakeChannel("ops"), "risk": risk})
+    ghost = make_alert("failed_then_debited", "g1", severity="critical")
+    d.receive(batch([ghost]), 0.0)
+    d.tick(6.0)
+    assert d.committable() == {0: 1}
+    d.receive(batch([ghost.model_copy(update={"count": 2})], start=1), 200.0)
+    d.tick(201.0)
+    resolved = ghost.model_copy(update={"count": 2, "details": {"resolved": True}})
+    d.receive(batch([resolved], start=2), 210.0)
+    d.tick(211.0)
+    assert [n.kind for n in risk.sent] == ["trigger", "resolve"]
+    assert d.committable() == {}  # offset 1 still waits for its group
+    d.tick(306.0)  # the group's next interval: it goes out with the alert as resolved
+    assert d.committable() == {0: 3}
+    assert [n.kind for n in risk.sent] == ["trigger", "resolve"]  # nothing more was said
+
+
+def test_probes_of_posmon_dispatch() -> None:
+    clock = [1000.0]
+    probes = DispatchProbes(stall_after=60.0, clock=lambda: clock[0])
+    assert probes.health() == (True, "starting")
+    assert probes.ready() == (False, "not ready: starting")
+    d, _ = dispatcher({"ops": FakeChannel("ops"), "risk": FakeChannel("risk")})
+    probes.started(d)
+    assert probes.health() == (False, "the loop has not turned yet")
+    d.last_turn = 990.0  # as `run_dispatch` stamps it, on the same clock
+    assert probes.health() == (True, "the loop turned 10 s ago")
+    assert probes.ready() == (True, "ready")
+    clock[0] = 1051.0
+    assert probes.health() == (False, "the loop turned 61 s ago")

@@ -12,6 +12,7 @@ from monitor.scoring.pipeline import MemorySink, MemorySource, Stats, run
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
 from monitor.simulation.simulator import Simulation, SimulationSpec
+from tests.fake_services import make_alert
 
 FORBIDDEN = {"card_id", "terminal_id", "merchant_id", "event_id", "txn_ref", "alert_id"}
 
@@ -68,3 +69,25 @@ def test_the_number_of_series_does_not_grow_with_the_number_of_terminals() -> No
     assert all(not FORBIDDEN & {k for k, _ in labels} for _, labels in _series(large))
     # Only the finite label values (kinds, reasons, detectors, currencies) may differ.
     assert len(_series(large)) <= len(_series(small)) + 12
+
+
+def test_money_at_risk_is_read_from_the_alerts_typed_fields_only() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    typed = make_alert().model_copy(update={"details": {}})  # 35.00 EUR at risk, no details
+    untyped = make_alert(1).model_copy(update={"amount_at_risk_minor": None, "currency": None})
+    grown = typed.model_copy(update={"count": 2, "amount_at_risk_minor": 5000})
+    for emitted in ([typed, untyped], [grown]):
+        metrics.observe_batch(
+            consumed={},
+            rejected={},
+            duplicates=0,
+            late=0,
+            new_alerts=[],
+            seconds=0.0,
+            emitted=emitted,
+            newest_event_lag=None,
+            watermark_s=None,
+        )
+    labels = {"detector": "failed_then_debited", "currency": "EUR"}
+    assert registry.get_sample_value("posmon_money_at_risk_minor_total", labels) == 5000

@@ -14,10 +14,12 @@ import pytest
 from monitor.core.alerts import Alert, alert_id
 from monitor.core.text import money
 from monitor.report import ReportError, build_report
+from monitor.report.data import money_at_risk
 from monitor.scoring.pipeline import replay_messages
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
 from monitor.simulation.simulator import Simulation, SimulationSpec
+from tests.fake_services import make_alert
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 INJECTED_SUMMARY = 'Card tok_ab..cd debited <script>alert("x")</script> & more'
@@ -161,3 +163,10 @@ def test_model_scores_get_a_histogram(replay: tuple[Path, Path], tmp_path: Path)
     assert 'src="scores.png"' in page.read_text()
     assert (page.parent / "scores.png").read_bytes().startswith(PNG_MAGIC)
     assert not (page.parent / "dead_letters.png").exists()  # no --dlq, no chart
+
+
+def test_money_at_risk_is_read_from_the_alerts_typed_fields_only() -> None:
+    typed = make_alert().model_copy(update={"details": {}})  # 35.00 EUR at risk, no details
+    untyped = make_alert(1).model_copy(update={"amount_at_risk_minor": None, "currency": None})
+    [row] = money_at_risk([typed, untyped])
+    assert (row.currency, row.total) == ("EUR", 3500)
