@@ -1,4 +1,5 @@
-"""Internals of the traffic simulator; the public API is `monitor.simulate`.
+"""The traffic simulator (`posmon simulate`); the public API is `simulator` (`Simulation`,
+`SimulationSpec`, `write_simulation`).
 
 One concept per module:
 
