@@ -1,7 +1,7 @@
 """The simulator: deterministic, valid where it says so, and labelled exactly.
 
-The checks here do not use the monitor: a small validator of CONTRACT section 1 and a batch
-oracle of `docs/detectors.md` (default policy) recompute from the file alone what the labels
+The checks here do not use the monitor: a small validator of docs/contract.md ("Event") and a
+batch oracle of `docs/detectors.md` (default policy) recompute from the file alone what the labels
 claim, so a simulator bug cannot hide behind a detector bug or the other way round.
 """
 
@@ -37,7 +37,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Event = dict[str, Any]
 
 
-# -- an independent validator of CONTRACT section 1 ----------------------------------------------
+# -- an independent validator of docs/contract.md, "Event" ---------------------------------------
 
 
 def _is_pan(value: str) -> bool:
