@@ -60,7 +60,7 @@ def simulate(events: int) -> list[bytes]:
 
 
 def tune_gc() -> None:
-    """As `posmon replay` does (monitor/cli.py): no cycle collector while scoring."""
+    """As `posmon replay` does (monitor/cli/commands.py): no cycle collector while scoring."""
     gc.collect()
     gc.freeze()
     gc.disable()

@@ -63,7 +63,7 @@ def throughput(events: int, runs: int) -> None:
     times kafka-python's bare poll loop and then posmon's loop on the same records, so their
     ratio is measured in one run, on one machine state."""
     lines = simulated(events)
-    gc.collect()  # as `posmon run` does (monitor/cli.py): no cycle collector while scoring
+    gc.collect()  # as `posmon run` does (monitor/cli/commands.py): no cycle collector while scoring
     gc.freeze()
     gc.disable()
     raw, rates = [], []

@@ -1,4 +1,5 @@
-"""The Grafana dashboards and Prometheus rules against promtool and against `monitor.metrics`.
+"""The Grafana dashboards and Prometheus rules against promtool and against the metrics posmon
+exports (`monitor.scoring.metrics`, `monitor.paging.metrics`).
 
 A dashboard or rule that names a series posmon does not export shows an empty panel or an alert
 that can never fire, silently; these tests make that drift fail. Rule files and the promtool unit
@@ -175,7 +176,7 @@ def test_every_posmon_metric_named_by_dashboards_and_rules_is_exported() -> None
     referenced = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
     assert referenced
     missing = sorted(referenced - _exported_names())
-    assert not missing, f"not exported by monitor.metrics: {missing}"
+    assert not missing, f"not exported by posmon: {missing}"
 
 
 def test_recorded_series_used_by_dashboards_are_recorded() -> None:

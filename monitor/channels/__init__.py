@@ -1,7 +1,7 @@
 """On-call channels: one module per destination, each a `base.Channel`.
 
 Every channel makes one attempt per `send` and classifies the result (`base.Outcome`); retrying,
-backing off and parking are `monitor.delivery`'s job, and deciding what to send (grouping,
+backing off and parking are `monitor.paging.delivery`'s job, and deciding what to send (grouping,
 suppression) is the dispatcher's.
 """
 

