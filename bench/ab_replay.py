@@ -80,8 +80,7 @@ def main() -> None:
         help="also count instructions over the first N events (valgrind)",
     )
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    from bench.replay_bench import simulate  # noqa: PLC0415 (this tree's simulator)
+    from replay_bench import simulate  # noqa: PLC0415 (this tree's simulator, beside this file)
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"

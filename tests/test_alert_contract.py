@@ -54,7 +54,8 @@ def test_money_rules_carry_the_amount_at_risk_and_every_amount_rule_its_currency
     assert {a.detector for a in alerts} >= MONEY_DETECTORS | NO_CURRENCY
     for alert in alerts:
         if alert.detector in MONEY_DETECTORS:
-            assert alert.amount_at_risk_minor == alert.details["debited_minor"] > 0
+            assert alert.amount_at_risk_minor == alert.details["debited_minor"]
+            assert alert.amount_at_risk_minor is not None and alert.amount_at_risk_minor > 0
         else:
             assert alert.amount_at_risk_minor is None
         if alert.detector in NO_CURRENCY:
