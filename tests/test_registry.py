@@ -21,11 +21,11 @@ from monitor.scoring.detectors.base import (
     Hooks,
     OnArrival,
     Shared,
-    Timetable,
 )
 from monitor.scoring.incident import Incident
 from monitor.scoring.policy import Detectors, Policy
 from monitor.scoring.scorer import Scorer
+from monitor.scoring.state import Timers
 from tests.builders import by_detector, event, score, tick
 
 NAME: Final = "model_outlier"
@@ -85,14 +85,14 @@ class Unreversed(Deadline[Event]):
 
     def __init__(self, shared: Shared, rank: int) -> None:
         self.max_evidence = shared.max_evidence
-        self.timetable: Timetable[Event] = Timetable(rank)
+        self.timers: Timers[Event] = Timers(rank)
         self.attempts = shared.attempts
 
     def hooks(self) -> Hooks:
         return Hooks(on_attempt={"auth_declined": self.on_decline})
 
     def on_decline(self, ev: Event, attempt: Attempt) -> Found:
-        self.timetable.at(ev.t + 60_000_000, ev.txn_ref, ev)
+        self.timers.schedule(ev.t + 60_000_000, ev.txn_ref, ev)
         return None
 
     def decide(self, payload: Event, deadline: int) -> Incident | None:

@@ -24,14 +24,13 @@ from monitor.scoring.attempts import Attempts
 from monitor.scoring.detectors.base import (
     Deadline,
     Detector,
-    Order,
     Ordered,
     Shared,
 )
 from monitor.scoring.handlers import Handler, handlers
 from monitor.scoring.incident import Incident
 from monitor.scoring.policy import Policy
-from monitor.scoring.state import NEVER, SeenIds, Watermark
+from monitor.scoring.state import NEVER, Order, SeenIds, Watermark
 
 # Expiry sweeps walk quiet keys; every five minutes of event time keeps that off the per-event
 # cost, and holds at most five minutes' worth of expired entries longer.
@@ -176,7 +175,7 @@ class Scorer:
 
     def state_sizes(self) -> dict[str, int]:
         sizes = {"attempts": len(self.attempts), "dedup_ids": len(self.seen)}
-        sizes["timers"] = sum(len(d.timetable) for d in self._deadline)
+        sizes["timers"] = sum(len(d.timers) for d in self._deadline)
         for detector in self.detectors:
             for store, entries in detector.sizes().items():
                 sizes[store] = sizes.get(store, 0) + entries

@@ -17,6 +17,9 @@ P = TypeVar("P")
 
 NEVER = -(2**62)
 
+# Where a timer stands among all detectors' timers: (deadline, rank, key, sequence).
+Order = tuple[int, int, str, int]
+
 
 class Watermark:
     """Per partition, the largest event time seen; the watermark is the smallest of those over
@@ -59,26 +62,29 @@ class Watermark:
 
 
 class Timers(Generic[P]):
-    """Decisions waiting for the watermark to pass their deadline.
+    """A deadline detector's decisions waiting for the watermark to pass their deadline, with
+    their typed payloads.
 
     Due timers come out ordered by (deadline, rank, key): never by arrival order, so any
-    arrival order within the lateness takes the same decisions in the same order.
+    arrival order within the lateness takes the same decisions in the same order. The rank (the
+    detector's place in the registry) orders the decisions of different detectors due at once.
     """
 
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_heap", "_seq", "rank")
 
-    def __init__(self) -> None:
+    def __init__(self, rank: int = 0) -> None:
+        self.rank = rank
         self._heap: list[tuple[int, int, str, int, P]] = []
         self._seq = 0
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def schedule(self, deadline: int, rank: int, key: str, payload: P) -> None:
+    def schedule(self, deadline: int, key: str, payload: P) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (deadline, rank, key, self._seq, payload))
+        heapq.heappush(self._heap, (deadline, self.rank, key, self._seq, payload))
 
-    def due(self, watermark: int) -> Iterator[tuple[tuple[int, int, str, int], P]]:
+    def due(self, watermark: int) -> Iterator[tuple[Order, P]]:
         """Pop every timer whose deadline the watermark has passed, with its place in the order:
         ((deadline, rank, key, sequence), payload)."""
         heap = self._heap

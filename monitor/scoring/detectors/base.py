@@ -3,7 +3,7 @@
 The rules are of three kinds (docs/detectors.md, "Time"), one protocol each:
 
 - `OnArrival` decides as an event arrives: its hooks return what they found (`large_amount`).
-- `Deadline` schedules a decision in its `Timetable` when an event arrives; the decision is
+- `Deadline` schedules a decision on its `Timers` when an event arrives; the decision is
   taken once the watermark passes its deadline, so it only looks at events before the deadline
   (`failed_then_debited`, `duplicate_debit`, `missing_reversal`, `stale_preauth`).
 - `Ordered` holds its events back and counts them in event-time order once the watermark has
@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,7 +29,7 @@ from monitor.core.alerts import Severity
 from monitor.core.events import Event
 from monitor.scoring.attempts import Attempt, Attempts
 from monitor.scoring.incident import Incident
-from monitor.scoring.state import Timers, Watermark
+from monitor.scoring.state import Order, Timers, Watermark
 
 P = TypeVar("P")
 
@@ -37,8 +37,6 @@ P = TypeVar("P")
 Found = Sequence[Incident] | None
 EventHook = Callable[[Event], Found]
 AttemptHook = Callable[[Event, Attempt], Found]
-# Where a decision stands among all detectors' decisions: (deadline, rank, key, sequence).
-Order = tuple[int, int, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,30 +75,6 @@ class Shared:
     max_evidence: int
 
 
-class Timetable(Generic[P]):
-    """A deadline detector's pending decisions, with their typed payloads.
-
-    Due decisions come out ordered by (deadline, rank, key): never by arrival order, so any
-    arrival order within the lateness takes the same decisions in the same order. The rank (the
-    detector's place in the registry) orders decisions of different detectors due at once.
-    """
-
-    __slots__ = ("_timers", "rank")
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-        self._timers: Timers[P] = Timers()
-
-    def __len__(self) -> int:
-        return len(self._timers)
-
-    def at(self, deadline: int, key: str, payload: P) -> None:
-        self._timers.schedule(deadline, self.rank, key, payload)
-
-    def due(self, watermark: int) -> Iterator[tuple[Order, P]]:
-        return self._timers.due(watermark)
-
-
 @runtime_checkable
 class Detector(Protocol):
     """What every detector offers the scorer."""
@@ -128,17 +102,18 @@ class OnArrival(Detector, Protocol):
 
 @runtime_checkable
 class Deadline(Detector, Protocol[P]):
-    """Its hooks schedule decisions in its `timetable`; `decisions` takes those the watermark
-    has passed, and the scorer emits them in `Order` across every deadline detector."""
+    """Its hooks schedule decisions on its own `timers` (ranked by its place in the registry);
+    `decisions` takes those the watermark has passed, and the scorer emits them in `Order`
+    across every deadline detector."""
 
-    timetable: Timetable[P]
+    timers: Timers[P]
 
     @abstractmethod
     def decide(self, payload: P, deadline: int) -> Incident | None:
         """Take one decision; it may only look at events before `deadline`."""
 
     def decisions(self, watermark: int) -> Iterator[tuple[Order, Incident | None]]:
-        for order, payload in self.timetable.due(watermark):
+        for order, payload in self.timers.due(watermark):
             yield order, self.decide(payload, order[0])
 
 

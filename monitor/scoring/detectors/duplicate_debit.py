@@ -16,9 +16,9 @@ from monitor.scoring.detectors.base import (
     Found,
     Hooks,
     Shared,
-    Timetable,
 )
 from monitor.scoring.incident import Incident
+from monitor.scoring.state import Timers
 
 NAME: Final = "duplicate_debit"
 
@@ -62,7 +62,7 @@ class DuplicateDebit(Deadline[Attempt]):
         self.settings = settings
         self.grace = us(settings.reversal_grace)
         self.max_evidence = shared.max_evidence
-        self.timetable: Timetable[Attempt] = Timetable(rank)
+        self.timers: Timers[Attempt] = Timers(rank)
         self._fired: Marks[DuplicateDebits] = Marks(shared.attempts)  # one alert per attempt
 
     def hooks(self) -> Hooks:
@@ -77,7 +77,7 @@ class DuplicateDebit(Deadline[Attempt]):
         if ev is not debits[0]:
             checks.add(ev.t + self.grace)
         for deadline in sorted(checks):
-            self.timetable.at(deadline, ev.txn_ref, attempt)
+            self.timers.schedule(deadline, ev.txn_ref, attempt)
         return None
 
     def decide(self, payload: Attempt, deadline: int) -> DuplicateDebits | None:

@@ -30,10 +30,9 @@ from monitor.scoring.detectors.base import (
     Found,
     Hooks,
     Shared,
-    Timetable,
 )
 from monitor.scoring.incident import Incident
-from monitor.scoring.state import Expiring, Watermark
+from monitor.scoring.state import Expiring, Timers, Watermark
 
 NAME: Final = "failed_then_debited"
 _FAILURE_WORDS = {"network_error": "a network error", "auth_declined": "a decline"}
@@ -126,7 +125,7 @@ class FailedThenDebited(Deadline[Event]):
         self.max_evidence = shared.max_evidence
         self._attempts: Attempts = shared.attempts
         self._watermark: Watermark = shared.watermark
-        self.timetable: Timetable[Event] = Timetable(rank)
+        self.timers: Timers[Event] = Timers(rank)
         # Failed attempts by card, terminal and amount: the candidates of a manual debit.
         self._failed: Expiring[list[Attempt]] = Expiring(shared.attempt_ttl_us, shared.cap)
         self._matched: Marks[bool] = Marks(shared.attempts)
@@ -163,7 +162,7 @@ class FailedThenDebited(Deadline[Event]):
         """
         first = attempt.first_outcome
         if first is None or first.kind != "auth_approved" or first.t >= self._watermark.value:
-            self.timetable.at(ev.t + self.grace, ev.event_id, ev)
+            self.timers.schedule(ev.t + self.grace, ev.event_id, ev)
         return None
 
     def decide(self, payload: Event, deadline: int) -> GhostDebits | None:

@@ -16,9 +16,9 @@ from monitor.scoring.detectors.base import (
     Found,
     Hooks,
     Shared,
-    Timetable,
 )
 from monitor.scoring.incident import Incident
+from monitor.scoring.state import Timers
 
 NAME: Final = "missing_reversal"
 
@@ -53,7 +53,7 @@ class MissingReversal(Deadline[Attempt]):
         self.settings = settings
         self.timeout = us(settings.reversal_timeout)
         self.max_evidence = shared.max_evidence
-        self.timetable: Timetable[Attempt] = Timetable(rank)
+        self.timers: Timers[Attempt] = Timers(rank)
         self._decided: Marks[bool] = Marks(shared.attempts)
 
     def hooks(self) -> Hooks:
@@ -62,7 +62,7 @@ class MissingReversal(Deadline[Attempt]):
     def on_error(self, ev: Event, attempt: Attempt) -> Found:
         """The attempt's first network error so far: decide at its time plus the timeout."""
         if attempt.first_error is ev:
-            self.timetable.at(ev.t + self.timeout, ev.txn_ref, attempt)
+            self.timers.schedule(ev.t + self.timeout, ev.txn_ref, attempt)
         return None
 
     def decide(self, payload: Attempt, deadline: int) -> UnreversedError | None:

@@ -15,10 +15,9 @@ from monitor.scoring.detectors.base import (
     Found,
     Hooks,
     Shared,
-    Timetable,
 )
 from monitor.scoring.incident import Incident
-from monitor.scoring.state import Expiring
+from monitor.scoring.state import Expiring, Timers
 
 NAME: Final = "stale_preauth"
 
@@ -61,7 +60,7 @@ class StalePreauth(Deadline[str]):
         self.settings = settings
         self.timeout = us(settings.timeout)
         self.max_evidence = shared.max_evidence
-        self.timetable: Timetable[str] = Timetable(rank)
+        self.timers: Timers[str] = Timers(rank)
         self._holds: Expiring[_Hold] = Expiring(self.timeout + 2 * shared.lateness_us, shared.cap)
 
     def __len__(self) -> int:
@@ -82,7 +81,7 @@ class StalePreauth(Deadline[str]):
         if hold.hold is not None and (hold.hold.t, hold.hold.event_id) <= (ev.t, ev.event_id):
             return None
         hold.hold = ev
-        self.timetable.at(ev.t + self.timeout, ev.txn_ref, ev.txn_ref)
+        self.timers.schedule(ev.t + self.timeout, ev.txn_ref, ev.txn_ref)
         return None
 
     def on_close(self, ev: Event) -> Found:
