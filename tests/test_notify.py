@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -498,8 +499,10 @@ class Dispatch:
 
     @property
     def reasons(self) -> list[str]:
-        """Every decision the stages took, by reason (dedup's per channel, inhibited, folded)."""
-        return list(self.dispatcher.stats.decisions.elements())
+        """Every decision the stages took, by reason: dedup's per channel, inhibited, folded."""
+        stats = self.dispatcher.stats
+        kept_back = Counter({r: stats.withheld[r] for r in ("inhibited", "folded")})
+        return list((stats.decisions + kept_back).elements())
 
     def receive(self, alert: Alert, now: float) -> None:
         self._next_offset += 1

@@ -15,7 +15,7 @@ Grouping comes before the stages (`Groups.add` on receipt, `Groups.due` on the t
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,14 +35,24 @@ class DispatchStats:
 
     received: int = 0
     invalid: int = 0
-    inhibited: int = 0
-    duplicates: int = 0
-    folded: int = 0
     delivered: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     parked: int = 0
     summaries: int = 0
-    decisions: Counter[str] = field(default_factory=Counter)  # every trigger decision's reason
+    withheld: Counter[str] = field(default_factory=Counter)  # alerts kept back, by reason
+    decisions: Counter[str] = field(default_factory=Counter)  # dedup's reasons, per channel
     flushes: Counter[str] = field(default_factory=Counter)  # group flushes by reason
+
+    @property
+    def inhibited(self) -> int:
+        return self.withheld["inhibited"]
+
+    @property
+    def duplicates(self) -> int:
+        return self.withheld["duplicate"]
+
+    @property
+    def folded(self) -> int:
+        return self.withheld["folded"]
 
 
 class Outbox(Protocol):
@@ -87,23 +97,20 @@ class ChannelStage(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Withhold:
-    """Counts what a stage keeps back, by reason (stats and the withheld series)."""
+class Tally:
+    """Where the stages count their decisions: what they keep back by reason (the stats and the
+    `posmon_dispatch_withheld_total{reason}` series), and dedup's reasons per channel."""
 
     stats: DispatchStats
     metrics: DispatchMetrics | None
 
-    def __call__(self, reason: str) -> None:
-        if reason != "duplicate":  # a duplicate is counted by each channel's decision already
-            self.stats.decisions[reason] += 1
-        if reason == "inhibited":
-            self.stats.inhibited += 1
-        elif reason == "duplicate":
-            self.stats.duplicates += 1
-        elif reason == "folded":
-            self.stats.folded += 1
+    def withhold(self, reason: str) -> None:
+        self.stats.withheld[reason] += 1
         if self.metrics is not None:
             self.metrics.withheld.labels(reason=reason).inc()
+
+    def decided(self, reasons: Iterable[str]) -> None:
+        self.stats.decisions.update(reasons)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +119,7 @@ class Inhibit:
     so a spike arriving a little after its missing_reversal alerts still mutes them)."""
 
     inhibitor: Inhibitor
-    withhold: Withhold
+    tally: Tally
 
     def __call__(self, page: Page, now: float) -> bool:
         if page.kind == "resolve":
@@ -122,7 +129,7 @@ class Inhibit:
             if self.inhibitor.inhibited(alert, now) is None:
                 kept.append(alert)
             else:
-                self.withhold("inhibited")
+                self.tally.withhold("inhibited")
         page.alerts = kept
         return bool(kept)
 
@@ -133,7 +140,7 @@ class Dedup:
     resolve, was heard of) or was already said; an alert no channel needs is dropped."""
 
     ledger: Ledger
-    withhold: Withhold
+    tally: Tally
 
     def __call__(self, page: Page, now: float) -> bool:
         repeat = page.route.repeat_interval if page.route is not None else 0.0
@@ -145,10 +152,10 @@ class Dedup:
                 for name in page.channels
             }
             if page.kind == "trigger":
-                self.withhold.stats.decisions.update(d.reason for d in decisions.values())
+                self.tally.decided(d.reason for d in decisions.values())
             if not any(d.notify for d in decisions.values()):
                 if page.kind == "trigger":
-                    self.withhold("duplicate")
+                    self.tally.withhold("duplicate")
                 continue
             kept.append(alert)
             for name, decision in decisions.items():
@@ -164,7 +171,7 @@ class StormLimit:
     so redeliveries spend no budget); the excess folds into one summary per interval."""
 
     storm: StormLimiter
-    withhold: Withhold
+    tally: Tally
 
     def __call__(self, page: Page, now: float) -> bool:
         if page.kind == "resolve" or page.route is None:
@@ -174,7 +181,7 @@ class StormLimit:
             if self.storm.admit(page.route, alert, now).notify:
                 kept.append(alert)
             else:
-                self.withhold("folded")
+                self.tally.withhold("folded")
                 folded.add(alert.alert_id)
         if folded:
             page.to = {
@@ -275,11 +282,11 @@ def compose(
     outbox: Outbox,
 ) -> tuple[Stage, ...]:
     """The production pipeline, in order. The dispatcher runs exactly this list."""
-    withhold = Withhold(deliver.stats, deliver.metrics)
+    tally = Tally(deliver.stats, deliver.metrics)
     return (
-        Inhibit(inhibitor, withhold),
-        Dedup(ledger, withhold),
-        StormLimit(storm, withhold),
+        Inhibit(inhibitor, tally),
+        Dedup(ledger, tally),
+        StormLimit(storm, tally),
         FanOut((deliver, Record(ledger, outbox))),
     )
 
