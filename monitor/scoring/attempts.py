@@ -10,7 +10,7 @@ what a detector concludes about an attempt it keeps in its own `Marks`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from monitor.core.events import Event
@@ -81,18 +81,6 @@ class Attempt:
             self.debits.sort(key=lambda d: (d.t, d.event_id))
         return self.debits
 
-    def on_reversal(self, ev: Event) -> None:
-        if self.reversals is None:
-            self.reversals = [ev.t]
-        else:
-            self.reversals.append(ev.t)
-
-    def on_refund(self, ev: Event) -> None:
-        if self.refunds is None:
-            self.refunds = [ev.t]
-        else:
-            self.refunds.append(ev.t)
-
     def reversed_before(
         self, deadline: int, *, refunds: bool = True, inclusive: bool = False
     ) -> int:
@@ -138,12 +126,34 @@ class Attempts:
             attempt.last = ev.t
         return attempt
 
-    def updater(self, kind: str) -> Callable[[Attempt, Event], object] | None:
-        """What applying an event of `kind` to its attempt means (None: not an attempt kind);
-        the scorer calls it on `touch(ev)`."""
-        if kind in OUTCOMES:
-            return Attempt.on_outcome
-        return _APPLY.get(kind)
+    def record(self, ev: Event) -> Attempt:
+        """Apply an outcome, reversal, refund or debit to its attempt (as `touch` finds or
+        creates it) and return the attempt. `touch` is written out again here: this runs for
+        every attempt event, and one call less is measurable."""
+        attempt = self._by_ref.get(ev.txn_ref)
+        if attempt is None:
+            if len(self._by_ref) >= self._cap:
+                self._evict_oldest()
+            attempt = self._by_ref[ev.txn_ref] = Attempt(ev)
+            self._order.append((ev.t, ev.txn_ref))
+        elif ev.t > attempt.last:
+            attempt.last = ev.t
+        kind = ev.kind
+        if kind == "debit_posted":
+            attempt.add_debit(ev)
+        elif kind == "reversal":
+            if attempt.reversals is None:
+                attempt.reversals = [ev.t]
+            else:
+                attempt.reversals.append(ev.t)
+        elif kind == "refund":
+            if attempt.refunds is None:
+                attempt.refunds = [ev.t]
+            else:
+                attempt.refunds.append(ev.t)
+        else:
+            attempt.on_outcome(ev)
+        return attempt
 
     def _evict_oldest(self) -> None:
         while self._order:
@@ -164,13 +174,6 @@ class Attempts:
                 del by_ref[ref]
             else:
                 order.append((attempt.last, ref))
-
-
-_APPLY: dict[str, Callable[[Attempt, Event], object]] = {
-    "reversal": Attempt.on_reversal,
-    "refund": Attempt.on_refund,
-    "debit_posted": Attempt.add_debit,
-}
 
 
 class Marks(Generic[V]):

@@ -1,6 +1,7 @@
 """The per-event path: for each event kind, one function the scorer calls for every event.
 
-It applies the event to its purchase attempt (outcomes, reversals, refunds, debits) and calls
+It applies the event to its purchase attempt (`Attempts.record`: outcomes, reversals, refunds,
+debits) and calls
 every detector hook of that kind, in registry order, collecting the incidents they found. One or
 two hooks per kind are the rule, so those are called without a loop (a loop over a tuple costs
 more than a hook that finds nothing), and an event hook limited to `Amounts` is not called for
@@ -43,11 +44,10 @@ def handlers(
             attempt_hooks[kind].append(attempt_hook)
     handlers = {}
     for kind in KINDS:
-        apply = attempts.updater(kind)
-        if apply is None:
-            handlers[kind] = _on_event(tuple(event_hooks[kind]), changed)
+        if kind in ATTEMPT_KINDS:
+            handlers[kind] = _on_attempt(attempts.record, tuple(attempt_hooks[kind]), changed)
         else:
-            handlers[kind] = _on_attempt(attempts.touch, apply, tuple(attempt_hooks[kind]), changed)
+            handlers[kind] = _on_event(tuple(event_hooks[kind]), changed)
     return handlers
 
 
@@ -106,8 +106,7 @@ def _on_event(hooks: tuple[EventHook | Amounts, ...], changed: dict[str, Inciden
 
 
 def _on_attempt(
-    touch: Callable[[Event], Attempt],
-    apply: Callable[[Attempt, Event], object],
+    record: Callable[[Event], Attempt],
     hooks: tuple[AttemptHook, ...],
     changed: dict[str, Incident],
 ) -> Handler:
@@ -120,8 +119,7 @@ def _on_attempt(
         (first,) = hooks
 
         def handle_one(ev: Event) -> None:
-            attempt = touch(ev)
-            apply(attempt, ev)
+            attempt = record(ev)
             incidents = first(ev, attempt)
             if incidents is not None:
                 found(incidents)
@@ -132,8 +130,7 @@ def _on_attempt(
         first, second = hooks
 
         def handle_two(ev: Event) -> None:
-            attempt = touch(ev)
-            apply(attempt, ev)
+            attempt = record(ev)
             incidents = first(ev, attempt)
             if incidents is not None:
                 found(incidents)
@@ -144,8 +141,7 @@ def _on_attempt(
         return handle_two
 
     def handle(ev: Event) -> None:
-        attempt = touch(ev)
-        apply(attempt, ev)
+        attempt = record(ev)
         for hook in hooks:
             incidents = hook(ev, attempt)
             if incidents is not None:
