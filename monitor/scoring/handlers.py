@@ -1,11 +1,10 @@
 """The per-event path: for each event kind, one function the scorer calls for every event.
 
 It applies the event to its purchase attempt (`Attempts.record`: outcomes, reversals, refunds,
-debits) and calls
-every detector hook of that kind, in registry order, collecting the incidents they found. One or
-two hooks per kind are the rule, so those are called without a loop (a loop over a tuple costs
-more than a hook that finds nothing), and an event hook limited to `Amounts` is not called for
-other amounts.
+debits) and calls every detector hook of that kind, in registry order, collecting the incidents
+they found. One or two hooks per kind are the rule, so those are called without a loop (a loop
+over a tuple costs more than a hook that finds nothing), and an event hook limited to `Amounts`
+is not called for other amounts.
 """
 
 from __future__ import annotations
