@@ -41,8 +41,9 @@ system-deps: ## install the Debian packages the tests use, when missing (needs r
 test: $(STAMP) system-deps ## run every test
 	$(BIN)/python -m pytest -q
 
-soak: $(STAMP) ## the property tests on fresh random examples, 2,000 each (CI runs a fixed 50)
+soak: $(STAMP) system-deps ## long runs: property tests on 2,000 fresh examples each, full-size kills and outages
 	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/test_properties.py
+	$(BIN)/python -m pytest -q -m soak
 
 lint: $(STAMP) ## ruff, mypy --strict and the import contracts of the layers
 	$(BIN)/ruff check .

@@ -11,9 +11,11 @@ from monitor.core.alerts import Alert
 from monitor.scoring.pipeline import replay_messages
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
+from monitor.scoring.state import Watermark
 
 T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 _ids = itertools.count()
+CLOCK = "T-CLOCK"
 
 
 def event(
@@ -46,13 +48,23 @@ def event(
 
 
 def encode(events: Iterable[dict[str, object]]) -> list[bytes]:
-    return [json.dumps(e).encode() for e in events]
+    """The events as messages; each `tick` is sent by `Watermark.QUORUM` clock terminals."""
+    messages = []
+    for e in events:
+        messages.append(json.dumps(e).encode())
+        if e["terminal_id"] == CLOCK:
+            for i in range(1, Watermark.QUORUM):
+                also = {"event_id": f"{e['event_id']}-{i}", "terminal_id": f"{CLOCK}-{i}"}
+                messages.append(json.dumps({**e, **also}).encode())
+    return messages
 
 
 def tick(at: float, ref: str = "tick") -> dict[str, object]:
-    """An unrelated event that moves the watermark to `at` seconds."""
+    """An unrelated event that moves the watermark to `at` seconds. One terminal's clock alone
+    cannot move event time far (docs/detectors.md, "Time"): `encode` sends it from enough
+    terminals to count as all traffic getting there."""
     return event(
-        "auth_request", at, ref=f"{ref}-{at}", card="tok_clock_000", terminal="T-CLOCK", amount=9999
+        "auth_request", at, ref=f"{ref}-{at}", card="tok_clock_000", terminal=CLOCK, amount=9999
     )
 
 

@@ -83,6 +83,15 @@ def test_offsets_are_honoured() -> None:
         (_with(event_id=" 4111 1111 1111 1111"), "pan"),
         (_with(terminal_id="-4111-1111-1111-1111"), "pan"),
         (_with(merchant_id="378282246310005"), "pan"),
+        # Out of range: what the alerts, the metrics and the clocks could not represent.
+        (_with(amount_minor=1_000_000_000_000), "schema"),
+        (_with(amount_minor=int("9" * 400)), "schema"),
+        (_with(event_time="9999-12-31T23:59:59.999999+00:00"), "schema"),
+        (_with(event_time="2100-01-01T00:00:00Z"), "schema"),
+        (_with(event_time="2099-12-31T23:30:00-01:00"), "schema"),  # 2100-01-01T00:30Z
+        (_with(event_time="1969-12-31T23:59:59.999999Z"), "schema"),
+        (_with(event_time="1970-01-01T00:30:00+01:00"), "schema"),  # 1969-12-31T23:30Z
+        (_with(event_time="0001-01-01T00:00:00+00:00"), "schema"),
     ],
 )
 def test_rejections_have_reasons(message: bytes, reason: str) -> None:
@@ -90,6 +99,37 @@ def test_rejections_have_reasons(message: bytes, reason: str) -> None:
     assert isinstance(result, Rejection)
     assert result.reason == reason
     assert result.error
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"amount_minor": 10**12}, "amount_minor: Input should be less than or equal to"),
+        ({"event_time": "9999-12-31T23:59:59.999999+00:00"}, "event_time: must be from 1970"),
+    ],
+)
+def test_an_out_of_range_value_names_its_field(changes: dict[str, object], error: str) -> None:
+    result = decode(_with(**changes))
+    assert isinstance(result, Rejection) and result.error.startswith(error)
+
+
+@pytest.mark.parametrize(
+    ("changes", "t", "amount"),
+    [
+        ({"event_time": "1970-01-01T00:00:00Z", "amount_minor": 0}, 0, 0),
+        (
+            {"event_time": "2099-12-31T23:59:59.999999Z", "amount_minor": 999_999_999_999},
+            4_102_444_799_999_999,
+            999_999_999_999,
+        ),
+    ],
+)
+def test_the_edges_of_the_ranges_are_accepted(
+    changes: dict[str, object], t: int, amount: int
+) -> None:
+    ev = decode(_with(**changes))
+    assert isinstance(ev, Event)
+    assert (ev.t, ev.amount_minor) == (t, amount)
 
 
 def test_a_pan_never_reaches_the_dead_letter() -> None:

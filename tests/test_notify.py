@@ -177,23 +177,22 @@ SPIKE = alert("terminal_failure_spike", "T1", first=0.0, last=300.0, count=10)
 
 
 @pytest.mark.parametrize(
-    ("target", "now", "inhibited"),
+    ("target", "inhibited"),
     [
-        (alert(first=120.0), 10.0, True),
-        (alert(first=120.0, terminal="T2"), 10.0, False),  # another terminal
-        (alert("large_amount", first=120.0), 10.0, False),  # not a target of the rule
-        (alert(first=-600.0), 10.0, True),  # shortly before the spike: within hold
-        (alert(first=300.0 + 900.0), 10.0, True),  # hold after the spike's last evidence
-        (alert(first=300.0 + 901.0), 10.0, False),  # a later, unrelated incident
-        (alert(first=-901.0), 10.0, False),
-        (alert(first=120.0), 899.0, True),
-        (alert(first=120.0), 900.0, False),  # the spike stopped growing `hold` ago
+        (alert(first=120.0), True),
+        (alert(first=120.0, terminal="T2"), False),  # another terminal
+        (alert("large_amount", first=120.0), False),  # not a target of the rule
+        (alert(first=-600.0), True),  # shortly before the spike: within hold
+        (alert(first=-900.0), True),
+        (alert(first=300.0 + 900.0), True),  # hold after the spike's last evidence
+        (alert(first=300.0 + 901.0), False),  # a later, unrelated incident
+        (alert(first=-901.0), False),
     ],
 )
-def test_inhibited(target: Alert, now: float, inhibited: bool) -> None:
+def test_inhibited(target: Alert, inhibited: bool) -> None:
     inhibitor = Inhibitor(CONFIG.inhibitions)
-    inhibitor.observe(SPIKE, 0.0)
-    reason = inhibitor.inhibited(target, now)
+    inhibitor.observe(SPIKE)
+    reason = inhibitor.inhibited(target)
     if inhibited:
         assert reason == f"inhibited by terminal_failure_spike {SPIKE.alert_id} (terminal_id=T1)"
     else:
@@ -201,41 +200,39 @@ def test_inhibited(target: Alert, now: float, inhibited: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("update", "at", "inhibited_at_1000"),
+    ("update", "first_seen", "inhibited"),
     [
-        (SPIKE.model_copy(update={"count": 11}), 600.0, True),  # grew: stays open
-        (SPIKE.model_copy(update={"last_seen": T0 + timedelta(seconds=400)}), 600.0, True),
-        (SPIKE, 600.0, False),  # a redelivery is no growth: closes `hold` after 0
+        # grew: its span reaches further
+        (SPIKE.model_copy(update={"last_seen": T0 + timedelta(seconds=400)}), 1300.0, True),
+        (SPIKE, 1201.0, False),  # a redelivery changes nothing
+        # an older version read late never shrinks the span
+        (SPIKE.model_copy(update={"last_seen": T0, "count": 1}), 1200.0, True),
     ],
 )
-def test_a_source_stays_open_while_it_grows(
-    update: Alert, at: float, inhibited_at_1000: bool
-) -> None:
+def test_a_source_mutes_its_newest_span(update: Alert, first_seen: float, inhibited: bool) -> None:
     inhibitor = Inhibitor(CONFIG.inhibitions)
-    inhibitor.observe(SPIKE, 0.0)
-    inhibitor.observe(update, at)
-    assert (inhibitor.inhibited(alert(first=120.0), 1000.0) is not None) is inhibited_at_1000
+    inhibitor.observe(SPIKE)
+    inhibitor.observe(update)
+    assert (inhibitor.inhibited(alert(first=first_seen)) is not None) is inhibited
 
 
-def test_a_resolved_or_expired_source_mutes_nothing() -> None:
+def test_a_source_is_forgotten_once_its_span_and_hold_are_past_the_horizon() -> None:
     inhibitor = Inhibitor(CONFIG.inhibitions)
-    inhibitor.observe(SPIKE, 0.0)
-    inhibitor.resolve(SPIKE.alert_id)
-    assert inhibitor.inhibited(alert(first=120.0), 1.0) is None
-
-    inhibitor.observe(SPIKE, 0.0)
-    assert inhibitor.expire(899.0) == 0
-    assert inhibitor.expire(900.0) == 1
-    assert inhibitor.inhibited(alert(first=120.0), 1.0) is None
+    inhibitor.observe(SPIKE)
+    end = epoch(SPIKE.last_seen) + 900.0
+    assert inhibitor.expire(end) == 0
+    assert inhibitor.inhibited(alert(first=120.0)) is not None
+    assert inhibitor.expire(end + 1) == 1
+    assert inhibitor.inhibited(alert(first=120.0)) is None
 
 
 def test_an_alert_never_inhibits_itself() -> None:
     warnings = Matcher(severities=["warning"])
     inhibitor = Inhibitor([Inhibition(source=warnings, target=warnings, equal=["terminal_id"])])
     a, b = alert(key="a"), alert(key="b")
-    inhibitor.observe(a, 0.0)
-    assert inhibitor.inhibited(a, 1.0) is None
-    assert inhibitor.inhibited(b, 1.0) is not None
+    inhibitor.observe(a)
+    assert inhibitor.inhibited(a) is None
+    assert inhibitor.inhibited(b) is not None
 
 
 # --- 3. Grouping ---------------------------------------------------------------------------------
@@ -401,18 +398,38 @@ DEFAULT = CONFIG.route("default")  # storm limit 20 per 5 min
         ([float(i) for i in range(21)], 20, [(0.0, 1)]),
         # 200 alerts over 10 minutes: 20 sent + 1 summary per interval.
         ([i * 3.0 for i in range(200)], 40, [(0.0, 80), (300.0, 80)]),
-        # After a quiet gap the next interval starts at the next alert.
-        ([0.0] * 25 + [1000.0] * 25, 40, [(0.0, 5), (1000.0, 5)]),
+        # Intervals are aligned to `per` on event time, whatever the order of arrival.
+        ([0.0] * 25 + [1000.0] * 25, 40, [(0.0, 5), (900.0, 5)]),
+        ([1000.0, 0.0] * 25, 40, [(0.0, 5), (900.0, 5)]),
     ],
 )
 def test_storm_limit(times: list[float], sent: int, summaries: list[tuple[float, int]]) -> None:
+    """The intervals are on the alerts' event time (seconds after T0 here), read all at once."""
     storm = StormLimiter()
-    decisions = [storm.admit(DEFAULT, alert(key=str(i)), now) for i, now in enumerate(times)]
+    decisions = [storm.admit(DEFAULT, alert(key=str(i), first=t), 0.0) for i, t in enumerate(times)]
     assert {d.reason for d in decisions} <= {"sent", "folded"}
     assert sum(d.notify for d in decisions) == sent
-    out = storm.due(times[-1] + 300.0)
-    assert [(s.start, s.folded) for s in out] == summaries
-    assert storm.due(times[-1] + 10_000.0) == []
+    assert storm.due(299.0) == []  # summaries go out `per` after the first admission
+    out = storm.due(300.0)
+    assert [(s.start - epoch(T0), s.folded) for s in out] == summaries
+    assert storm.due(10_000.0) == []
+
+
+def test_a_fold_after_the_summary_goes_out_in_the_next_one() -> None:
+    """An interval keeps what it sent after its summary: a late alert of it (its group went out
+    later) is folded, and told `per` seconds after that summary."""
+    storm = StormLimiter()
+    for i in range(22):
+        storm.admit(DEFAULT, alert(key=str(i)), 100.0)
+    assert storm.due(399.0) == []
+    assert [s.folded for s in storm.due(400.0)] == [2]
+    assert storm.admit(DEFAULT, alert(key="late"), 450.0).reason == "folded"  # budget spent
+    assert storm.due(699.0) == []
+    assert [s.folded for s in storm.due(700.0)] == [1]
+    assert storm.admit(DEFAULT, alert(key="later"), 4999.0).reason == "folded"
+    assert [s.folded for s in storm.due(5000.0)] == [1]
+    assert storm.due(5300.0 + StormLimiter.RETENTION) == []  # forgotten: a fresh budget
+    assert storm.admit(DEFAULT, alert(key="much later"), 9000.0).reason == "sent"
 
 
 def test_storm_summary_counts_by_detector_and_names_merchants() -> None:
@@ -422,7 +439,7 @@ def test_storm_summary_counts_by_detector_and_names_merchants() -> None:
         storm.admit(route, alert("large_amount", str(i)), 0.0)
     for i in range(37):
         detector = "terminal_failure_spike" if i < 30 else "missing_reversal"
-        storm.admit(route, alert(detector, str(i), merchant=f"M{i % 7 + 1}"), 1.0)
+        storm.admit(route, alert(detector, str(i), merchant=f"M{i % 7 + 1}", first=1.0), 1.0)
     assert storm.due(299.0) == []
     (summary,) = storm.due(300.0)
     assert summary.by_detector == (("terminal_failure_spike", 30), ("missing_reversal", 7))
@@ -430,7 +447,13 @@ def test_storm_summary_counts_by_detector_and_names_merchants() -> None:
     assert [a.summary for a in summary.examples] == [
         f"terminal_failure_spike {i}" for i in range(5)
     ]
-    assert (summary.route, summary.start, summary.end, summary.folded) == ("default", 0, 300, 37)
+    start = epoch(T0) // 300 * 300
+    assert (summary.route, summary.start, summary.end, summary.folded) == (
+        "default",
+        start,
+        start + 300,
+        37,
+    )
     assert summary.text == (
         "37 more alerts of terminal_failure_spike (30), missing_reversal (7),"
         " merchants M1, M2, M3, M4, M5 and 2 more (route default, storm limit 20 per 5 min)"
@@ -565,9 +588,9 @@ def test_a_storm_of_200_alerts_sends_20_and_one_summary_per_interval() -> None:
     for i in range(400):  # 200 distinct merchants (200 groups on the default route), then quiet
         now = i * 3.0
         if i < 200:
-            dispatch.receive(alert("large_amount", str(i), merchant=f"M{i:03d}"), now)
+            dispatch.receive(alert("large_amount", str(i), merchant=f"M{i:03d}", first=now), now)
         sent += dispatch.tick(now)
-    # Flushes run from 30 s to 627 s: two storm intervals, [30, 330) and [330, 630).
+    # Event time runs with the clock: two storm intervals, [0, 300) and [300, 600).
     pages = [what for channel, what in sent if channel == "slack"]
     summaries = [what for channel, what in sent if channel == "default"]
     assert len(pages) == 40

@@ -142,6 +142,7 @@ def test_a_resolve_goes_only_to_the_channels_that_heard_and_is_recorded() -> Non
     d.receive(batch([spike]), 5.0)
     d.tick(5.0)
     d.receive(batch([resolved(spike)], start=1), 7.0)
+    d.tick(7.0)
     assert heard(a) == [("trigger", f"r/{SPIKE}/T1", [spike.alert_id]),
                         ("resolve", spike.alert_id, [spike.alert_id])]  # fmt: skip
     assert heard(b) == [("trigger", f"r/{SPIKE}/T1", [spike.alert_id])]
@@ -172,15 +173,24 @@ def test_invalid_messages_are_parked_whole_and_the_batch_goes_on() -> None:
     assert d.committable() == {0: 3}
 
 
-def test_an_alert_resolved_before_its_group_went_out_is_never_paged() -> None:
-    """The scorer's resolved version arriving before the group's first flush takes the alert
-    out of its group; a resolve of an alert never seen is harmless; the batch goes on."""
+def test_an_alert_resolved_before_its_group_went_out_is_paged_then_resolved() -> None:
+    """The scorer's resolved version arriving before the group's first flush waits for it:
+    the channel hears the trigger, then the resolve (nobody is left unaware of an incident);
+    a resolve of an alert never seen is harmless; the batch goes on."""
     page = FakeChannel("page")
     d, _ = dispatch([{**ALL, "name": "r", "group_wait": 10}], {"page": page})
-    spike, unknown, later = alert(SPIKE, "S1"), alert(SPIKE, "S0"), alert(MISSING, "c1")
+    spike, unknown = alert(SPIKE, "S1"), alert(SPIKE, "S0")
+    later = alert(MISSING, "c1", terminal_id="T2")
     d.receive(batch([spike, resolved(spike), resolved(unknown), later]), 0.0)
+    d.tick(0.0)
+    assert heard(page) == []
+    assert d.committable() == {}
     d.tick(10.0)
-    assert heard(page) == [("trigger", f"r/{MISSING}/T1", [later.alert_id])]
+    assert heard(page) == [
+        ("trigger", f"r/{SPIKE}/T1", [spike.alert_id]),
+        ("trigger", f"r/{MISSING}/T2", [later.alert_id]),
+        ("resolve", spike.alert_id, [spike.alert_id]),
+    ]
     assert d.committable() == {0: 4}
 
 
@@ -203,10 +213,11 @@ def test_only_the_quiet_incident_is_resolved_at_the_tick_time() -> None:
     ]
 
 
-def test_inhibition_ends_with_the_source_and_never_mutes_a_resolve() -> None:
+def test_inhibition_covers_the_source_span_and_never_mutes_a_resolve() -> None:
     """Inhibition (a spike mutes missing_reversal alerts of its terminal): a resolve passes
-    while the spike is open; once the spike is resolved, a new alert of its terminal is paged
-    again, while another terminal's spike still mutes its own."""
+    while the spike is open; once the spike is resolved it still mutes the alerts of its span
+    and hold (on event time, however late they are read), not a later incident of its
+    terminal; another terminal's spike mutes its own."""
     page = FakeChannel("page")
     d, _ = dispatch(
         [{**ALL, "name": "r", "group_by": ["detector", "terminal_id", "merchant_id"]}],
@@ -220,17 +231,20 @@ def test_inhibition_ends_with_the_source_and_never_mutes_a_resolve() -> None:
     d.tick(1.0)
     d.receive(batch([resolved(spikes[0])], start=4), 2.0)
     muted = alert(MISSING, "c2", terminal_id="T2")
-    fresh = alert(MISSING, "c1", first=1, merchant_id="M2")
-    d.receive(batch([fresh, muted], start=5), 3.0)
+    within = alert(MISSING, "c3", first=900, last=900, merchant_id="M3")
+    fresh = alert(MISSING, "c1", first=901, last=901, merchant_id="M2")
+    d.receive(batch([within, fresh, muted], start=5), 3.0)
     d.tick(3.0)
     assert [(k, ids) for k, _, ids in heard(page)] == [
         ("trigger", [early.alert_id]),
-        ("resolve", [early.alert_id]),
         ("trigger", [spikes[0].alert_id]),
         ("trigger", [spikes[1].alert_id]),
-        ("resolve", [spikes[0].alert_id]),
+        ("resolve", [early.alert_id]),
         ("trigger", [fresh.alert_id]),
+        ("resolve", [spikes[0].alert_id]),  # the scorer said so
+        ("resolve", [spikes[1].alert_id]),  # quiet for 900 s of event time once `fresh` came
     ]
+    assert d.stats.inhibited == 2
 
 
 def test_open_outages_are_reposted_every_interval_to_the_channels_that_expire_them() -> None:

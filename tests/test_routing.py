@@ -24,10 +24,10 @@ T0 = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 EXAMPLE = """
 dispatch:
   channels:
-    pagerduty-risk: {type: pagerduty, secret_env: POSMON_PD_RISK_KEY,
+    pagerduty-risk: {type: pagerduty, secret_env: PD_RISK_KEY,
                      link_template: "https://grafana.example/d/posmon?var-alert={alert_id}"}
     pagerduty-ops: {type: pagerduty, secret_file: /run/secrets/pd-ops}
-    slack-risk: {type: slack, secret_env: POSMON_SLACK_RISK_URL}
+    slack-risk: {type: slack, secret_env: SLACK_RISK_URL}
     alertmanager: {type: alertmanager, url: "http://alertmanager:9093"}
     audit: {type: file, path: /var/lib/posmon/notifications.jsonl}
   routes:
@@ -91,7 +91,7 @@ def test_example_parses_with_durations_and_defaults() -> None:
     assert config.route("risk-warnings").group_by == ["detector", "merchant_id"]
     assert config.default_route is not None and config.default_route.name == "default"
     assert config.inhibitions[0].hold == 900
-    assert config.channels["pagerduty-risk"].secret_env == "POSMON_PD_RISK_KEY"
+    assert config.channels["pagerduty-risk"].secret_env == "PD_RISK_KEY"
 
 
 def test_default_inhibition_is_spike_mutes_missing_reversal_on_the_terminal() -> None:
@@ -229,6 +229,12 @@ def test_invalid_dispatch_sections_are_refused(section: dict[str, Any], message:
         ({"type": "pagerduty"}, "needs its routing key in secret_env or secret_file"),
         ({"type": "pagerduty", "secret_env": "A", "secret_file": "/f"}, "not both"),
         ({"type": "pagerduty", "secret_env": "not a name"}, "secret_env"),
+        # POSMON_ names settings: a secret there would be read as one (and refused as unknown)
+        (
+            {"type": "pagerduty", "secret_env": "POSMON_PD_KEY"},
+            "POSMON_PD_KEY: a secret's variable must not start with POSMON_",
+        ),
+        ({"type": "slack", "secret_env": "posmon_hook"}, "must not start with POSMON_"),
         ({"type": "webhook", "secret_env": "K"}, "a webhook channel needs a url"),
         ({"type": "alertmanager"}, "an? alertmanager channel needs a url"),
         ({"type": "slack"}, "slack channel needs its webhook URL"),

@@ -7,10 +7,12 @@ alerts and dead letters come out, with the metrics and the probes as an operator
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
+import pytest
 
-from monitor.cli.service import Service
+from monitor.cli.service import Service, StartAt
 from monitor.cli.settings import MetricsSettings, Settings
 from monitor.core.alerts import Alert
 from monitor.core.batches import Batch
@@ -33,13 +35,16 @@ class ListSource:
         self.closed = False
         self.rebalances = 1
         self.rebuilding = False
+        self.start_at: StartAt | None = None  # set by the Service; this source never restarts
 
     def poll(self) -> Batch | None:
         if not self._batches:
             return None
         chunk = self._batches.pop(0)
+        first = self._read + 1  # offsets as a replay's line numbers
         self._read += len(chunk)
-        return Batch([(0, chunk)], self._read, active=frozenset({0}))
+        offsets = {0: range(first, self._read + 1)}
+        return Batch([(0, chunk)], self._read, active=frozenset({0}), offsets=offsets)
 
     def commit(self, batch: Batch) -> None:
         assert isinstance(batch.position, int)
@@ -51,8 +56,54 @@ class ListSource:
     def lag(self) -> dict[int, int]:
         return {0: 0}
 
+    def covered(self) -> dict[int, int] | None:
+        return {0: self.committed}
+
     def close(self) -> None:
         self.closed = True
+
+
+class Crash(Exception):  # noqa: N818 - reads as what happens
+    """The process dies: nothing after it runs (no close of event time, no more commits)."""
+
+
+class RestartingSource(ListSource):
+    """A `ListSource` that starts as a member given its partition does: it asks the service
+    where to start (`start_at`, with the group's `committed` offset), answers with a fresh
+    batch, then reads from there, and stops after `stop_after` messages (a crash)."""
+
+    def __init__(
+        self, messages: Sequence[bytes], *, committed: int, stop_after: int | None = None
+    ) -> None:
+        super().__init__(messages, batch_size=1)
+        self._messages = list(messages)
+        self.committed = committed
+        self._stop_after = stop_after
+        self._assigned = False
+        self.started_from: int | None = None
+
+    def poll(self) -> Batch | None:
+        if not self._assigned:
+            self._assigned = True
+            start = self.start_at(frozenset({0}), {0: self.committed}) if self.start_at else None
+            self._read = start[0] if start else 0
+            self.started_from = self._read
+            return Batch([], {}, None, fresh=True)
+        if self._stop_after is not None and self._read >= self._stop_after:
+            raise Crash(f"crashed at offset {self._read}")
+        if self._read >= len(self._messages):
+            return None
+        chunk = self._messages[self._read : self._read + 250]
+        if self._stop_after is not None:
+            chunk = chunk[: self._stop_after - self._read]
+        first = self._read + 1
+        self._read += len(chunk)
+        return Batch(
+            [(0, chunk)],
+            self._read,
+            active=frozenset({0}),
+            offsets={0: range(first, self._read + 1)},
+        )
 
 
 class ListSink:
@@ -96,6 +147,8 @@ def test_the_probes_answer_from_the_source_and_the_loop() -> None:
     source = ListSource([])
     service = Service(_settings(), source, ListSink())
     assert service.health() == (True, "ok")
+    assert service.ready() == (False, "not ready: the lag of some partition is not known yet")
+    service.lag = source.lag()  # as the loop reads it after a turn
     assert service.ready() == (True, "ready: 1 partitions, 0 messages behind")
     source.rebuilding = True
     assert service.ready() == (False, "not ready: rebuilding state from the topic")
@@ -106,3 +159,75 @@ def test_the_probes_answer_from_the_source_and_the_loop() -> None:
         assert httpx.get(f"{base}/healthz", trust_env=False).status_code == 200
     finally:
         service.endpoints.stop()
+
+
+def _snapshot_settings(directory: Path, every: float = 0.0) -> Settings:
+    return Settings.model_validate(
+        {
+            "metrics": {"host": "127.0.0.1", "port": 0},
+            "run": {"snapshot_dir": str(directory), "snapshot_every": every},
+        }
+    )
+
+
+def test_a_restart_reads_the_snapshot_and_goes_on_as_one_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """The first run stops (a crash: no close of event time) after 7,000 messages, having
+    written snapshots as it went; the second starts from the last snapshot, not from 0, and
+    the final alerts of both runs together are the replay's."""
+    lines = list(Simulation(SimulationSpec(seed=5, hours=12, merchants=10)).lines())
+    first_sink = ListSink()
+    first = RestartingSource(lines, committed=0, stop_after=7000)
+    service = Service(_snapshot_settings(tmp_path), first, first_sink)
+    with pytest.raises(Crash):
+        service.run()
+    value = service.registry.get_sample_value
+    assert value("posmon_snapshot_restores_total", {"outcome": "missing"}) == 1.0
+    assert (value("posmon_snapshot_writes_total", {"outcome": "written"}) or 0) > 1
+
+    second_sink = ListSink()
+    second = RestartingSource(lines, committed=first.committed)
+    restarted = Service(_snapshot_settings(tmp_path), second, second_sink)
+    restarted.run()
+    assert second.started_from is not None and 0 < second.started_from <= first.committed
+    assert (
+        restarted.registry.get_sample_value("posmon_snapshot_restores_total", {"outcome": "loaded"})
+        == 1.0
+    )
+
+    replayed, _ = replay_messages(lines, Scorer(Policy()), batch_size=250)
+    final = {a.alert_id: a for a in first_sink.alerts + second_sink.alerts}
+    assert final == replayed.final_alerts()
+
+
+def test_a_damaged_snapshot_falls_back_to_a_full_rebuild(tmp_path: Path) -> None:
+    lines = list(Simulation(SimulationSpec(seed=5, hours=6, merchants=10)).lines())
+    first = RestartingSource(lines, committed=0, stop_after=3000)
+    with pytest.raises(Crash):
+        Service(_snapshot_settings(tmp_path), first, ListSink()).run()
+    (snapshot,) = tmp_path.glob("*.snapshot")
+    snapshot.write_bytes(snapshot.read_bytes()[:-10])  # a torn write a rename would prevent
+
+    sink = ListSink()
+    second = RestartingSource(lines, committed=first.committed)
+    service = Service(_snapshot_settings(tmp_path), second, sink)
+    service.run()
+    assert second.started_from == 0
+    assert (
+        service.registry.get_sample_value("posmon_snapshot_restores_total", {"outcome": "refused"})
+        == 1.0
+    )
+    replayed, _ = replay_messages(lines, Scorer(Policy()), batch_size=250)
+    assert {a.alert_id: a for a in sink.alerts} == replayed.final_alerts()
+
+
+def test_a_snapshot_ahead_of_the_committed_offsets_is_not_used(tmp_path: Path) -> None:
+    """A snapshot from an earlier topic or broker (its offsets beyond what the group
+    committed) must not be applied to this one."""
+    lines = list(Simulation(SimulationSpec(seed=5, hours=6, merchants=10)).lines())
+    Service(_snapshot_settings(tmp_path), RestartingSource(lines, committed=0), ListSink()).run()
+    second = RestartingSource(lines, committed=100)
+    service = Service(_snapshot_settings(tmp_path), second, ListSink())
+    service.run()
+    assert second.started_from == 0

@@ -35,7 +35,7 @@ class Harness(Protocol):
     def open_source(self) -> Source: ...
     def close_source(self, source: Source) -> None: ...
     def open_sink(self) -> Sink: ...
-    def published(self, sink: Sink) -> tuple[list[tuple[str, Alert]], list[dict[str, str]]]:
+    def published(self, sink: Sink) -> tuple[list[tuple[str, Alert]], list[dict[str, object]]]:
         """(alert key, alert) and dead letters as a reader of the outputs sees them, in order."""
         ...
 
@@ -60,7 +60,7 @@ class MemoryHarness:
     def open_sink(self) -> Sink:
         return MemorySink()
 
-    def published(self, sink: Sink) -> tuple[list[tuple[str, Alert]], list[dict[str, str]]]:
+    def published(self, sink: Sink) -> tuple[list[tuple[str, Alert]], list[dict[str, object]]]:
         assert isinstance(sink, MemorySink)
         return [(a.alert_id, a) for a in sink.alerts], [
             r.as_dead_letter() for r in sink.dead_letters
@@ -90,7 +90,7 @@ class KafkaHarness:
     def open_sink(self) -> Sink:
         return KafkaSink(self.settings)
 
-    def published(self, sink: Sink) -> tuple[list[tuple[str, Alert]], list[dict[str, str]]]:
+    def published(self, sink: Sink) -> tuple[list[tuple[str, Alert]], list[dict[str, object]]]:
         assert isinstance(sink, KafkaSink)
         alerts = [
             (r.key.decode() if r.key is not None else "", Alert.model_validate_json(r.value))

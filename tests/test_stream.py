@@ -156,7 +156,7 @@ def test_stream_equals_replay(
     dlq = read_topic(stream.settings, f"{stream.settings.topic}.dlq")
     dead = [json.loads(r.value or b"{}") for r in dlq]
     assert Counter(d["reason"] for d in dead) == expected.reject_reasons
-    assert all(set(d) == {"reason", "error", "raw"} for d in dead)
+    assert all(set(d) == {"reason", "error", "raw", "source"} for d in dead)
 
 
 def test_sigkill_at_any_point_then_restart_misses_no_alert(

@@ -21,18 +21,21 @@ from prometheus_client import CollectorRegistry
 from rich.console import Console
 
 from monitor.cli.demo import DemoOptions, run_demo
-from monitor.cli.health import DispatchProbes
-from monitor.cli.oncall import retry_policy, run_dispatcher
+from monitor.cli.health import DispatchProbes, DispatchThread
+from monitor.cli.oncall import build_channels, retry_policy, run_dispatcher
 from monitor.cli.service import Service
-from monitor.cli.settings import load_policy, load_settings
+from monitor.cli.settings import Settings, load_policy, load_settings
 from monitor.cli.summary import print_summary
 from monitor.core.alerts import alert_json_schema
 from monitor.core.events import event_json_schema
 from monitor.observability.endpoints import Endpoints
+from monitor.paging.metrics import DispatchMetrics
 from monitor.scoring.pipeline import MemorySource, Stats
 from monitor.scoring.pipeline import run as run_scoring
 from monitor.scoring.scorer import Scorer
 from monitor.simulation.simulator import Simulation, SimulationSpec, write_simulation
+from monitor.streaming.client import PublishInterrupted
+from monitor.streaming.connect import connect, wait_for_broker
 from monitor.streaming.files import JsonlSink, read_messages
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.sink import KafkaSink
@@ -51,7 +54,7 @@ def replay(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     dlq = args.dlq or args.alerts.with_name(f"{_stem(args.alerts)}.dlq.jsonl")
     try:
-        sink = JsonlSink(args.alerts, dlq)
+        sink = JsonlSink(args.alerts, dlq, input_file=args.input)
     except OSError as exc:
         raise UsageError(f"cannot write output: {exc.filename}: {exc.strerror}") from exc
     scorer, stats = Scorer(policy), Stats()
@@ -157,8 +160,14 @@ def run(args: argparse.Namespace) -> int:
             "metrics.port": args.metrics_port,
         },
     )
+    # The channels' secrets are read before any connection: a missing one is one line, exit 2.
+    channels = build_channels(settings.dispatch) if settings.dispatch is not None else None
     log = _log_to_stderr()
-    service = Service(settings, KafkaSource(settings.kafka), KafkaSink(settings.kafka), stop=stop)
+    clients = _connect(settings, stop, log)
+    if clients is None:
+        log.info("stopped before the Kafka broker answered")
+        return 0
+    service = Service(settings, *clients, stop=stop)
     log.info(
         "consuming %s on %s as group %s; /metrics, /healthz, /readyz on port %d",
         settings.kafka.topic,
@@ -168,15 +177,20 @@ def run(args: argparse.Namespace) -> int:
     )
     _tune_gc()
     dispatching = None
-    if settings.dispatch is not None:
-        dispatching = threading.Thread(
-            target=run_dispatcher,
-            args=(settings.kafka, settings.dispatch),
-            kwargs={"stop": stop, "policy": retry_policy(settings), "registry": service.registry},
-            name="posmon-dispatch",
-        )
-        dispatching.start()
-    service.run()
+    if settings.dispatch is not None and channels is not None:
+        # Its series exist from the start, at zero, even if the loop never turns.
+        metrics = DispatchMetrics(service.registry, settings.dispatch.channels)
+        dispatch_config, policy = settings.dispatch, retry_policy(settings)
+        dispatching = DispatchThread(
+            lambda: run_dispatcher(
+                settings.kafka, dispatch_config, channels, stop=stop, policy=policy, metrics=metrics
+            ),
+            stop,
+        ).start()
+    try:
+        service.run()
+    except PublishInterrupted as exc:  # SIGTERM during a broker outage: nothing is lost
+        log.warning("%s; the batch in hand was not committed and is read again on start", exc)
     if dispatching is not None:
         stop.set()
         dispatching.join()
@@ -185,7 +199,30 @@ def run(args: argparse.Namespace) -> int:
         service.stats.messages,
         sum(service.stats.raised.values()),
     )
-    return 0
+    return 1 if dispatching is not None and dispatching.failure is not None else 0
+
+
+def _connect(
+    settings: Settings, stop: threading.Event, log: logging.Logger
+) -> tuple[KafkaSource, KafkaSink] | None:
+    """The Kafka clients of `posmon run` once the broker answers (`streaming.connect`), or None
+    when stopped first. Meanwhile /healthz says 200 (the process is fine, only waiting) and
+    /readyz 503, on the metrics port; the service's own endpoints take the port over after.
+    A process about to exit leaves them be: stopping them waits up to half a second."""
+    kafka = settings.kafka
+    waiting = f"waiting for the Kafka broker at {kafka.bootstrap_servers}"
+    log.info("%s (kafka.startup_timeout: %g s)", waiting, kafka.startup_timeout)
+    probes = Endpoints(
+        settings.metrics.host,
+        settings.metrics.port,
+        CollectorRegistry(),
+        health=lambda: (True, f"starting: {waiting}"),
+        ready=lambda: (False, f"not ready: {waiting}"),
+    ).start()
+    clients = connect(kafka, stop, lambda: (KafkaSource(kafka), KafkaSink(kafka, stop=stop)))
+    if clients is not None:
+        probes.stop()
+    return clients
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -193,8 +230,11 @@ def dispatch(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, flags={"kafka.bootstrap_servers": args.bootstrap_servers})
     if settings.dispatch is None:
         raise UsageError("the configuration has no `dispatch:` section (channels and routes)")
+    # Before any connection: a missing secret or a bad delivery policy is one line, exit 2.
+    channels, policy = build_channels(settings.dispatch), retry_policy(settings)
     log = _log_to_stderr()
     registry = CollectorRegistry()
+    metrics = DispatchMetrics(registry, settings.dispatch.channels)
     probes = DispatchProbes(settings.run.stall_after)
     endpoints = Endpoints(
         settings.metrics.host,
@@ -204,13 +244,17 @@ def dispatch(args: argparse.Namespace) -> int:
         ready=probes.ready,
     ).start()
     log.info("dispatching %s; /metrics on port %d", settings.kafka.alerts_topic, endpoints.port)
+    if not wait_for_broker(settings.kafka, stop):  # meanwhile /readyz says "starting"
+        log.info("stopped before the Kafka broker answered")
+        return 0  # the endpoints go with the process (stopping them takes up to 0.5 s)
     try:
         dispatcher = run_dispatcher(
             settings.kafka,
             settings.dispatch,
+            channels,
             stop=stop,
-            policy=retry_policy(settings),
-            registry=registry,
+            policy=policy,
+            metrics=metrics,
             started=probes.started,
         )
     finally:

@@ -20,13 +20,15 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from monitor.cli.oncall import run_dispatcher
+from monitor.cli.oncall import build_channels, run_dispatcher
 from monitor.cli.service import Service
 from monitor.cli.settings import MetricsSettings, Settings
 from monitor.cli.summary import print_summary
 from monitor.core.alerts import DETECTORS, Alert
 from monitor.paging.delivery import RetryPolicy
+from monitor.paging.metrics import DispatchMetrics
 from monitor.paging.routing import DispatchConfig
+from monitor.scoring.policy import Policy
 from monitor.simulation.simulator import Simulation, SimulationSpec
 from monitor.streaming.embedded import EmbeddedBroker
 from monitor.streaming.files import JsonlSink
@@ -74,23 +76,31 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             idle_partition_s=2.0,
         )
         ensure_topics(kafka, {TOPIC: PARTITIONS, f"{TOPIC}.dlq": 1, kafka.alerts_topic: 3})
+        # Event time runs about a day per demo minute, ahead of the broker's clock: the demo
+        # allows that much (a deployment keeps the default, 10 min, against bad clocks).
         settings = Settings(
-            kafka=kafka, metrics=MetricsSettings(host="127.0.0.1", port=options.metrics_port)
+            kafka=kafka,
+            metrics=MetricsSettings(host="127.0.0.1", port=options.metrics_port),
+            policy=Policy(max_future_skew=26 * 3600.0),
         )
-        file_sink = JsonlSink(alerts_path, dlq_path)
+        file_sink = JsonlSink(alerts_path, dlq_path, topic=TOPIC)
         watch = _AlertWatch()
         service = Service(settings, KafkaSource(kafka), KafkaSink(kafka), also=[file_sink, watch])
         producer = _Producer(kafka, options)
         # The dispatch loop, as in production, delivering to a file channel (the console shows
         # the live view): grouped, deduplicated, one outage one page.
+        # Its series are on the monitor's /metrics, as in `posmon run` (the health dashboard's
+        # paging panels).
         pages = options.out / "notifications.jsonl"
+        paging_config = _dispatch_config(pages)
         paging_stop = threading.Event()
         paging = threading.Thread(
             target=run_dispatcher,
-            args=(kafka, _dispatch_config(pages)),
+            args=(kafka, paging_config, build_channels(paging_config)),
             kwargs={
                 "stop": paging_stop,
                 "policy": RetryPolicy(initial=0.5, max_delay=5, deadline=60),
+                "metrics": DispatchMetrics(service.registry, paging_config.channels),
             },
             name="posmon-dispatch",
         )

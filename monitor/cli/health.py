@@ -1,11 +1,17 @@
-"""The probes of `posmon dispatch` (`/healthz`, `/readyz`): objects the HTTP thread asks."""
+"""The health of the dispatch loop: the probes of `posmon dispatch` (`/healthz`, `/readyz`,
+objects the HTTP thread asks) and the watch over the loop's thread in `posmon run`."""
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 
 from monitor.paging.dispatcher import Dispatcher
+from monitor.streaming.client import PublishInterrupted
+
+log = logging.getLogger("posmon.dispatch")
 
 
 class DispatchProbes:
@@ -36,3 +42,41 @@ class DispatchProbes:
     def ready(self) -> tuple[bool, str]:
         ok = self._dispatcher is not None and self._dispatcher.last_turn is not None
         return ok, "ready" if ok else "not ready: starting"
+
+
+class DispatchThread:
+    """The dispatch loop of `posmon run`, in a thread beside the scoring loop.
+
+    It must run as long as the process does. If it ends before `stop` is set (it raised: the
+    broker, a channel, a bug), the reason is logged, `failure` says it, and `stop` is set: the
+    scoring loop finishes its batch and commits, and the process exits non-zero, so that it is
+    restarted instead of raising alerts that nobody is paged for while it looks healthy."""
+
+    def __init__(self, loop: Callable[[], object], stop: threading.Event) -> None:
+        self._loop = loop
+        self._stop = stop
+        self.failure: str | None = None
+        self._thread = threading.Thread(target=self._run, name="posmon-dispatch")
+
+    def start(self) -> DispatchThread:
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # any death of the loop is reported the same way
+            if isinstance(exc, PublishInterrupted) and self._stop.is_set():
+                log.info("the dispatch loop stopped in a broker outage; its batch is read again")
+            else:
+                self.failure = f"{type(exc).__name__}: {exc}"
+                log.exception("the dispatch loop died: %s; stopping posmon", self.failure)
+        else:
+            if not self._stop.is_set():
+                self.failure = "it returned before posmon was asked to stop"
+                log.error("the dispatch loop ended: %s; stopping posmon", self.failure)
+        if self.failure is not None:
+            self._stop.set()

@@ -1,7 +1,8 @@
 """The `posmon` command (docs/contract.md, "Commands"): the parser and `main`.
 
-A problem the user can fix (a missing file, a bad config) ends the command with one line on
-stderr and exit status 2, never a traceback. The handlers are in `commands`.
+A problem the user can fix (a missing file, a bad config, a Kafka broker that does not answer
+within `kafka.startup_timeout`) ends the command with one line on stderr and exit status 2,
+never a traceback. The handlers are in `commands`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from pathlib import Path
 from monitor import __version__
 from monitor.cli import commands
 from monitor.cli.settings import ConfigError
+from monitor.streaming.connect import BrokerUnreachable
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         status: int = args.handler(args)
-    except (commands.UsageError, ConfigError) as exc:
+    except (commands.UsageError, ConfigError, BrokerUnreachable) as exc:
         print(f"posmon: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

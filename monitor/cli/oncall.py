@@ -1,7 +1,9 @@
 """`posmon dispatch`: the dispatch loop wired to Kafka and to the configured channels (entry layer).
 
 Channel secrets are read here, at start-up, from the environment variable or file the
-configuration names (never from the YAML itself), and held as `SecretStr`.
+configuration names (never from the YAML itself), and held as `SecretStr`. The commands build
+the channels first, before any connection is made: a missing secret stops the command at once
+with one line (exit 2), not a dispatch thread later.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from rich.console import Console
 
@@ -40,7 +41,10 @@ LEDGER_TOPIC = "posmon.dispatch.ledger"
 
 def retry_policy(settings: Settings) -> RetryPolicy:
     d = settings.delivery
-    return RetryPolicy(initial=d.initial, max_delay=d.max_delay, deadline=d.deadline)
+    try:
+        return RetryPolicy(initial=d.initial, max_delay=d.max_delay, deadline=d.deadline)
+    except ValueError as exc:  # e.g. initial above max_delay: one line, exit 2
+        raise ConfigError(f"delivery: {exc}") from exc
 
 
 def secret(name: str, config: ChannelConfig, environ: Mapping[str, str]) -> SecretStr:
@@ -99,14 +103,15 @@ def build_channels(
 def run_dispatcher(
     kafka: KafkaSettings,
     config: DispatchConfig,
+    channels: Mapping[str, Channel],
     *,
     stop: threading.Event,
-    console: Console | None = None,
     policy: RetryPolicy | None = None,
-    registry: CollectorRegistry | None = None,
+    metrics: DispatchMetrics | None = None,
     started: Callable[[Dispatcher], None] = lambda _: None,
 ) -> Dispatcher:
-    """Consume the alerts topic in its own group and deliver until `stop` is set."""
+    """Consume the alerts topic in its own group and deliver to `channels` (`build_channels`)
+    until `stop` is set."""
     alerts = kafka.alerts_topic
     dlq = f"{alerts}.dlq"
     ensure_topics(kafka, {LEDGER_TOPIC: 1, dlq: 1})
@@ -114,18 +119,12 @@ def run_dispatcher(
         update={"topic": alerts, "group": f"{kafka.group}-dispatch", "rebuild": "committed"}
     )
     ledger = Ledger.restore(read_ledger(kafka, LEDGER_TOPIC))
-    outbox = KafkaOutbox(kafka, ledger_topic=LEDGER_TOPIC, dlq_topic=dlq)
+    outbox = KafkaOutbox(kafka, ledger_topic=LEDGER_TOPIC, dlq_topic=dlq, stop=stop)
     deliverer = Deliverer(
         policy or RetryPolicy(), now=time.monotonic, sleep=stop.wait, stopping=stop.is_set
     )
     dispatcher = Dispatcher(
-        config,
-        build_channels(config, console=console),
-        deliverer,
-        outbox,
-        ledger=ledger,
-        metrics=DispatchMetrics(registry) if registry is not None else None,
-        clock=time.time,
+        config, channels, deliverer, outbox, ledger=ledger, metrics=metrics, clock=time.time
     )
     source = KafkaSource(source_settings)
     started(dispatcher)

@@ -9,14 +9,16 @@ graceful stop loses nothing and doubles nothing.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
 from monitor.cli.settings import Settings
+from monitor.cli.snapshots import SnapshotStore
 from monitor.core.alerts import Alert
 from monitor.core.batches import Batch, Source
 from monitor.core.events import Rejection
@@ -24,8 +26,12 @@ from monitor.observability.endpoints import Endpoints
 from monitor.scoring.metrics import Metrics
 from monitor.scoring.pipeline import Sink, Stats, run
 from monitor.scoring.scorer import Scorer
+from monitor.scoring.snapshot import SnapshotError, dumps, loads
 
 _LAG_EVERY_S = 1.0
+log = logging.getLogger("posmon.run")
+
+StartAt = Callable[[frozenset[int], Mapping[int, int]], Mapping[int, int] | None]
 
 
 class StreamSource(Source, Protocol):
@@ -42,7 +48,13 @@ class StreamSource(Source, Protocol):
 
     def lag(self) -> dict[int, int]: ...
 
+    def covered(self) -> dict[int, int] | None: ...
+
     def close(self) -> None: ...
+
+    # Called on the polling thread after each new assignment: the offsets to read each held
+    # partition from (a snapshot's), or None for the beginning.
+    start_at: StartAt | None
 
 
 class DurableSink(Sink, Protocol):
@@ -85,6 +97,16 @@ class Service:
         self._last_turn = clock()
         self._last_lag_at = 0.0
         self.lag: dict[int, int] = {}
+        self._snapshots = (
+            SnapshotStore(
+                settings.run.snapshot_dir, group=settings.kafka.group, topic=settings.kafka.topic
+            )
+            if settings.run.snapshot_dir is not None
+            else None
+        )
+        self._restored: Scorer | None = None
+        self._last_snapshot_at = clock()
+        source.start_at = self._start_at
         self.endpoints = Endpoints(
             settings.metrics.host,
             settings.metrics.port,
@@ -98,6 +120,9 @@ class Service:
     def health(self) -> tuple[bool, str]:
         idle = self._clock() - self._last_turn
         if idle > self.settings.run.stall_after:
+            waited = getattr(self.durable_sink, "waiting_s", 0.0)  # KafkaSink: in an outage
+            if waited >= idle - self.settings.run.stall_after:
+                return True, f"waiting {waited:.0f} s for the broker to acknowledge a publish"
             return False, f"stalled: the loop has not turned for {idle:.0f} s"
         return True, "ok"
 
@@ -105,8 +130,13 @@ class Service:
         assigned = self.source.assignment()
         if not assigned:
             return False, "not ready: no partition assigned"
+        if not getattr(self.source, "connected", True):  # KafkaSource: a fetch answered lately
+            servers = self.settings.kafka.bootstrap_servers
+            return False, f"not ready: the Kafka broker at {servers} is not answering"
         if self.source.rebuilding:
             return False, "not ready: rebuilding state from the topic"
+        if not assigned <= self.lag.keys():
+            return False, "not ready: the lag of some partition is not known yet"
         behind = sum(self.lag.values())
         if behind > self.settings.run.ready_max_lag:
             return (
@@ -130,6 +160,8 @@ class Service:
                 stopping=self._stop.is_set,
                 on_batch=self._after_batch,
                 timer=time.perf_counter,
+                raw_bytes=self.settings.run.dead_letter_raw_bytes,
+                restart=self._restart,
             )
         finally:
             self.durable_sink.close()
@@ -138,6 +170,71 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # -- state after an assignment, and snapshots (on the polling thread) ------------------
+
+    def _start_at(
+        self, held: frozenset[int], committed: Mapping[int, int]
+    ) -> Mapping[int, int] | None:
+        """Read the snapshot of `held`, keep its scorer for `_restart`, and say where to read
+        from; None (read from the beginning) when there is none or it cannot be trusted."""
+        self._restored = None
+        if self._snapshots is None or not held:
+            return None
+        path = self._snapshots.path(held)
+        try:
+            data = self._snapshots.read(held)
+            if data is None:
+                log.info("no snapshot %s: rebuilding the state from the beginning", path)
+                self.metrics.snapshot_restores.labels(outcome="missing").inc()
+                return None
+            scorer, positions = loads(data, self.settings.policy)
+            if set(positions) != held:
+                raise SnapshotError(f"it covers partitions {sorted(positions)}")
+            ahead = {p: o for p, o in positions.items() if o > committed.get(p, 0)}
+            if ahead:
+                raise SnapshotError(f"it is ahead of the group's committed offsets: {ahead}")
+        except (OSError, SnapshotError) as exc:
+            log.warning("snapshot %s not used (%s): rebuilding from the beginning", path, exc)
+            self.metrics.snapshot_restores.labels(outcome="refused").inc()
+            return None
+        log.info("state read from snapshot %s, at offsets %s", path, positions)
+        self.metrics.snapshot_restores.labels(outcome="loaded").inc()
+        self._restored = scorer
+        return positions
+
+    def _restart(self) -> Scorer:
+        """The scorer for a new assignment: the snapshot's, or a new one."""
+        self.scorer = self._restored or Scorer(self.settings.policy)
+        self._restored = None
+        self.metrics.rebase(self.scorer)
+        self.lag = {}  # the lag of the previous assignment says nothing now
+        self._last_lag_at = 0.0
+        return self.scorer
+
+    def _snapshot(self, now: float) -> None:
+        """Write the state, if it is time and the source says what it covers; a failure is
+        logged and counted, never raised (the next restart reads more of the topic)."""
+        if (
+            self._snapshots is None
+            or now - self._last_snapshot_at < self.settings.run.snapshot_every
+        ):
+            return
+        covered = self.source.covered()
+        if covered is None:
+            return
+        self._last_snapshot_at = now
+        started = time.perf_counter()
+        try:
+            data = dumps(self.scorer, self.settings.policy, covered)
+            self._snapshots.write(covered.keys(), data)
+        except (OSError, TypeError, ValueError) as exc:
+            log.warning("snapshot not written: %s", exc)
+            self.metrics.snapshot_writes.labels(outcome="failed").inc()
+            return
+        self.metrics.snapshot_writes.labels(outcome="written").inc()
+        self.metrics.snapshot_seconds.set(time.perf_counter() - started)
+        self.metrics.snapshot_bytes.set(len(data))
 
     def _after_batch(self, batch: Batch, seconds: float) -> None:
         now = self._clock()
@@ -153,6 +250,7 @@ class Service:
             watermark_s=scorer.watermark.value / 1e6 if maxima else None,
         )
         stats.new_in_batch, stats.emitted_in_batch = [], []
+        self._snapshot(now)
         if now - self._last_lag_at >= _LAG_EVERY_S:
             self._last_lag_at = now
             self.lag = self.source.lag()

@@ -4,7 +4,8 @@ Precedence (docs/contract.md, "Commands"): flags, then environment variables, th
 then the defaults. Environment variables name a setting by its path with `__` between levels:
 `POSMON_KAFKA__BOOTSTRAP_SERVERS=broker:9092`, `POSMON_POLICY__ALLOWED_LATENESS=90s`.
 `POSMON_CONFIG` names the file when `--config` is not given. An unknown key, in the file or in
-the environment, is an error: a typo must not fall back to a default silently.
+the environment, is an error: a typo must not fall back to a default silently. The prefix is
+for settings only: a channel's secret variable must not start with `POSMON_` (routing.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class MetricsSettings(_Strict):
 class RunSettings(_Strict):
     ready_max_lag: Annotated[int, Field(ge=0)] = 10_000  # messages behind, summed over partitions
     stall_after: Seconds = 60.0  # /healthz fails when the loop has not turned for this long
+    # A dead letter's `raw` is cut to this many bytes (as a JSON string), so that it fits a
+    # Kafka message (1 MiB by default) whatever the message held.
+    dead_letter_raw_bytes: Annotated[int, Field(ge=1024, le=512 * 1024)] = 64 * 1024
+    # Snapshots of the scorer's state (docs/streaming.md, "Snapshots"): with a directory, a
+    # restart reads the state back and re-reads only what came after it; without one, every
+    # restart re-reads the whole topic.
+    snapshot_dir: Path | None = None
+    snapshot_every: Seconds = 60.0
 
 
 class DeliverySettings(_Strict):

@@ -8,8 +8,17 @@
 Resolve: an incident of a detector whose incidents end by themselves (an outage that subsides,
 a burst that stops) is resolved once its alert has not grown for `RESOLVE_AFTER` of event time
 (the newest `last_seen` the dispatcher has seen: a replay resolves the same way); the channels
-that were told and support it hear `resolve`. Channels that expire firing alerts by themselves
-(Alertmanager: `repost_every`) are told again about open incidents until they resolve.
+that were told and support it hear `resolve`. Other incidents leave their groups, silently,
+after `FORGET_AFTER`. Channels that expire firing alerts by themselves (Alertmanager:
+`repost_every`) are told again about open incidents until they resolve.
+
+Every alert is paged or accounted for, whatever the pace of its arrival: an incident is resolved
+or forgotten (quietly, or because the scorer said so) only once every version received has gone
+out with its groups' flushes. A backlog read at once after downtime has event time far ahead
+of its groups' first flushes; without this order its alerts would be resolved before anyone
+heard of them. The decisions about *which* alerts to page are taken on event time (quiet
+horizons, inhibition spans, storm intervals), the wall clock only says *when* (group timing,
+retries, repeats), so a backlog pages the alerts that live traffic would have paged.
 
 An alert's offset is committed only once every group it joined has been flushed with it (or it
 was parked, inhibited, or found already said): a crash re-reads the unsettled alerts, and the
@@ -35,7 +44,7 @@ from monitor.paging.notification import Channel, Notification
 from monitor.paging.offsets import Offsets
 from monitor.paging.resolution import FORGET_AFTER, RESOLVE_AFTER, resolution
 from monitor.paging.routing import DispatchConfig, routes_for
-from monitor.paging.stages import Deliver, DispatchStats, Outbox, Page, compose, run
+from monitor.paging.stages import Deliver, DispatchStats, Outbox, Page, Tally, compose, run
 from monitor.paging.storm import StormLimiter
 
 log = logging.getLogger("posmon.dispatch")
@@ -67,6 +76,7 @@ class Dispatcher:
         self.inhibitor = Inhibitor(config.inhibitions)
         self.storm = StormLimiter()
         self.stats = DispatchStats()
+        self.tally = Tally(self.stats, metrics)
         self.offsets = Offsets()
         # `clock` times deliveries only; decisions use the `now` passed in.
         self.deliver = Deliver(channels, deliverer, self.stats, metrics, clock)
@@ -78,7 +88,8 @@ class Dispatcher:
             outbox=outbox,
         )
         self.last_turn: float | None = None  # when the loop last turned (for /healthz)
-        self._open: dict[str, Alert] = {}  # notified incidents that may still resolve
+        self._open: dict[str, Alert] = {}  # firing incidents that may still resolve
+        self._ended: dict[str, Alert] = {}  # resolved by the scorer, their trigger still to go out
         self._event_time = 0.0  # the newest last_seen seen, epoch seconds
         self._reposted: dict[str, float] = {}  # channel -> when open incidents were last re-sent
         self._pruned_at: float | None = None
@@ -114,16 +125,21 @@ class Dispatcher:
                     )
                     continue
                 self._event_time = max(self._event_time, alert.last_seen.timestamp())
+                self.inhibitor.observe(alert)
                 if alert.details.get("resolved") is True:  # the scorer saw the incident end
                     self._open.pop(alert.alert_id, None)
-                    self.groups.resolve(alert.alert_id)
-                    self._resolve(alert, now)
+                    self._ended[alert.alert_id] = alert
+                    # Settled once the channels heard the resolve (or found nobody to tell).
+                    self.offsets.wait(where, _resolving(alert.alert_id), {_RESOLVE}, now)
                     continue
+                if self._ended.pop(alert.alert_id, None) is not None:  # it came back first
+                    self.offsets.settle(_resolving(alert.alert_id), _RESOLVE)
                 self._open[alert.alert_id] = alert
-                self.inhibitor.observe(alert, now)
                 keys = self.groups.add(alert, now)
                 if keys:
                     self.offsets.wait(where, alert.alert_id, {str(k) for k in keys}, now)
+                else:
+                    self.tally.withhold("unrouted")  # no route and no default route
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -132,6 +148,7 @@ class Dispatcher:
         channels that expire them, prune the ledger, and send the storm summaries that are due."""
         for flush in self.groups.due(now):
             self._flush(flush, now)
+        self._resolve_ended(now)
         self._resolve_quiet(now)
         self._repost(now)
         self._prune(now)
@@ -148,24 +165,33 @@ class Dispatcher:
         for alert in (*flush.alerts, *flush.resolved):
             self.offsets.settle(alert.alert_id, key)
 
+    def _resolve_ended(self, now: float) -> None:
+        """Resolve what the scorer said has ended, once its trigger has gone out."""
+        for alert_id, alert in list(self._ended.items()):
+            if self.offsets.pending(alert_id):
+                continue  # a version still waits for its group: the trigger comes first
+            if self._resolve(alert, now):
+                del self._ended[alert_id]
+                self.groups.resolve(alert_id)
+                self.offsets.settle(_resolving(alert_id), _RESOLVE)
+
     def _resolve_quiet(self, now: float) -> None:
         for alert_id, alert in list(self._open.items()):
             after = RESOLVE_AFTER.get(alert.detector, FORGET_AFTER)
-            if resolution(alert, self._event_time, after) is None:
-                continue
+            if self.offsets.pending(alert_id) or resolution(alert, self._event_time, after) is None:
+                continue  # still growing, or a version no channel has heard of yet
             del self._open[alert_id]
             self.groups.resolve(alert_id)
             if alert.detector in RESOLVE_AFTER:
                 self._resolve(alert, now)
-            else:
-                self.inhibitor.resolve(alert_id)
 
-    def _resolve(self, alert: Alert, now: float) -> None:
-        """Tell every channel that heard of `alert`, and can, that its incident ended."""
-        self.inhibitor.resolve(alert.alert_id)
+    def _resolve(self, alert: Alert, now: float) -> bool:
+        """Tell every channel that heard of `alert`, and can, that its incident ended; False
+        when the process is stopping before they all heard it."""
         names = {name for route in routes_for(self.config, alert) for name in route.channels}
         able = tuple(name for name in sorted(names) if self.channels[name].supports_resolve)
-        run(self.stages, Page("resolve", alert.alert_id, None, able, [alert]), now)
+        page = run(self.stages, Page("resolve", alert.alert_id, None, able, [alert]), now)
+        return not page.interrupted
 
     def _repost(self, now: float) -> None:
         """Tell channels that expire firing alerts (Alertmanager) again about open incidents."""
@@ -186,6 +212,9 @@ class Dispatcher:
         if self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY:
             return
         self._pruned_at = now
+        # Inhibition sources are kept as long as the ledger remembers (on event time): a
+        # backlog's targets are muted however late they are read.
+        self.inhibitor.expire(self._event_time - LEDGER_RETENTION)
         forgotten = self.ledger.forget(now - LEDGER_RETENTION)
         if forgotten:
             self.outbox.forget(forgotten)
@@ -231,6 +260,14 @@ def run_dispatch(
         positions = dispatcher.committable()
         if positions:
             source.commit(Batch([], positions))
+
+
+_RESOLVE = "resolve"  # what a resolved message waits for in `Offsets`
+
+
+def _resolving(alert_id: str) -> str:
+    """The key its resolved messages wait under (apart from its firing versions)."""
+    return f"{alert_id}/resolved"
 
 
 def _one_line(exc: ValidationError) -> str:

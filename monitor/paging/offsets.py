@@ -44,6 +44,11 @@ class Offsets:
         if not self._by_alert.get(alert_id):
             self._by_alert.pop(alert_id, None)
 
+    def pending(self, alert_id: str) -> bool:
+        """Does a message of `alert_id` still wait for a group's flush (no channel has heard of
+        that version yet)?"""
+        return alert_id in self._by_alert
+
     def oldest(self, now: float) -> float:
         """Seconds since the oldest unsettled message arrived (0 when none)."""
         since = list(self._since.values())  # a copy: the scrape thread reads it too

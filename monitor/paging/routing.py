@@ -6,14 +6,16 @@ Alertmanager: channels by name (Alertmanager's receivers), an ordered list of ro
 match wins unless it says `continue: true`, a default route for the rest, and inhibition rules.
 
 Secrets never live in the YAML: a channel names the environment variable (`secret_env`) or the
-file (`secret_file`) that holds its key, and a key that looks like a raw secret is refused.
+file (`secret_file`) that holds its key, and a key that looks like a raw secret is refused. A
+secret's variable never starts with `POSMON_`: that prefix names settings (`POSMON_KAFKA__TOPIC`),
+and every `POSMON_` variable is read as one.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from monitor.core.alerts import Alert, Detector, Severity
 from monitor.core.durations import PositiveInt, Seconds
@@ -27,6 +29,7 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
 RAW_SECRET_KEYS = frozenset(
     {"routing_key", "integration_key", "secret", "token", "password", "api_key"}
 )
+SETTINGS_PREFIX = "POSMON_"  # environment variables with it are settings, never secrets
 
 
 class _Strict(BaseModel):
@@ -43,6 +46,17 @@ class ChannelConfig(_Strict):
     secret_file: str | None = None
     link_template: str | None = None
     path: str | None = None
+
+    @field_validator("secret_env")
+    @classmethod
+    def _not_a_setting(cls, name: str | None) -> str | None:
+        if name is not None and name.upper().startswith(SETTINGS_PREFIX):
+            raise ValueError(
+                f"{name}: a secret's variable must not start with {SETTINGS_PREFIX}, which names"
+                f" settings ({SETTINGS_PREFIX}<SECTION>__<KEY>); name it e.g."
+                f" {name[len(SETTINGS_PREFIX) :]}"
+            )
+        return name
 
     @model_validator(mode="before")
     @classmethod
@@ -138,9 +152,9 @@ class Route(_Strict):
 
 
 class Inhibition(_Strict):
-    """While an alert matching `source` is open, alerts matching `target` that agree with it on
-    every `equal` label are muted. A source stays open until it is resolved or has not grown for
-    `hold` seconds; it mutes targets whose event time lies within `hold` of its own."""
+    """An alert matching `source` mutes the alerts matching `target` that agree with it on every
+    `equal` label and whose `first_seen` lies within `hold` seconds of its event-time span
+    (`first_seen` to `last_seen`); event time only, so a backlog mutes what live traffic would."""
 
     source: Matcher
     target: Matcher

@@ -115,8 +115,8 @@ class Tally:
 
 @dataclass(frozen=True, slots=True)
 class Inhibit:
-    """Drops the alerts an open source alert mutes (checked at flush time, after `group_wait`,
-    so a spike arriving a little after its missing_reversal alerts still mutes them)."""
+    """Drops the alerts a source alert mutes (checked at flush time, after `group_wait`, so a
+    spike arriving a little after its missing_reversal alerts still mutes them)."""
 
     inhibitor: Inhibitor
     tally: Tally
@@ -126,7 +126,7 @@ class Inhibit:
             return True
         kept = []
         for alert in page.alerts:
-            if self.inhibitor.inhibited(alert, now) is None:
+            if self.inhibitor.inhibited(alert) is None:
                 kept.append(alert)
             else:
                 self.tally.withhold("inhibited")
@@ -168,7 +168,8 @@ class Dedup:
 @dataclass(frozen=True, slots=True)
 class StormLimit:
     """Admits each alert with something to say through its route's storm limit (after dedup,
-    so redeliveries spend no budget); the excess folds into one summary per interval."""
+    so redeliveries spend no budget); the excess folds into one summary per interval (of the
+    alerts' event time: `StormLimiter`)."""
 
     storm: StormLimiter
     tally: Tally

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from monitor.core.alerts import Alert
 from monitor.core.text import minutes
-from monitor.paging.notification import Decision
+from monitor.paging.notification import Decision, epoch
 from monitor.paging.routing import Route
 
 
@@ -27,11 +27,12 @@ class StormSummary:
 
 @dataclass(slots=True)
 class _Window:
-    start: float
+    start: float  # event time, a multiple of `per`
     per: float
     limit: int
+    opened: float  # dispatcher time of its first admission, then of its last summary
     sent: int = 0
-    detectors: Counter[str] = field(default_factory=Counter)
+    detectors: Counter[str] = field(default_factory=Counter)  # folded since the last summary
     merchants: Counter[str] = field(default_factory=Counter)
     examples: list[Alert] = field(default_factory=list)
 
@@ -39,26 +40,30 @@ class _Window:
 class StormLimiter:
     """At most `storm_limit.max_notifications` per `storm_limit.per` seconds on each route.
 
-    Admit each alert once per route (before fanning it out to the route's channels): the first N
-    of an interval are "sent", the rest "folded" into one `StormSummary` that `due` hands out
-    when the interval ends. An interval starts at the first admission after the previous one
-    ended. Resolves are not meant to pass through here (they only reduce noise)."""
+    The intervals are on event time, aligned to multiples of `per`: an alert counts in the
+    interval of its `last_seen`, whenever it is read, so a backlog read at once is limited as
+    the same alerts arriving live would have been (and not folded as one storm). Admit each
+    alert once per route (before fanning it out to the route's channels): the first N of an
+    interval are "sent", the rest "folded" into a `StormSummary` that `due` hands out `per`
+    seconds of dispatcher time after the interval's first admission (its alerts may still be
+    waiting in their groups when event time has passed its end; a later fold goes out `per`
+    after that summary). An interval is remembered, with what it sent, for `RETENTION` seconds
+    after that. Resolves are not meant to pass through here (they only reduce noise)."""
 
     MERCHANTS_IN_TEXT = 5
     EXAMPLES = 5
+    RETENTION = 3600.0
 
     def __init__(self) -> None:
-        self._windows: dict[str, _Window] = {}
-        self._closed: list[StormSummary] = []
+        self._windows: dict[tuple[str, float], _Window] = {}
 
     def admit(self, route: Route, alert: Alert, now: float) -> Decision:
-        window = self._windows.get(route.name)
-        if window is not None and now >= window.start + window.per:
-            self._close(route.name, window)
-            window = None
+        limit = route.storm_limit
+        start = epoch(alert.last_seen) // limit.per * limit.per
+        window = self._windows.get((route.name, start))
         if window is None:
-            limit = route.storm_limit
-            window = self._windows[route.name] = _Window(now, limit.per, limit.max_notifications)
+            window = _Window(start, limit.per, limit.max_notifications, opened=now)
+            self._windows[route.name, start] = window
         if window.sent < window.limit:
             window.sent += 1
             return Decision(True, "sent")
@@ -69,18 +74,19 @@ class StormLimiter:
         return Decision(False, "folded")
 
     def due(self, now: float) -> list[StormSummary]:
-        """Summaries of the intervals that ended by `now` and folded something."""
-        for name, window in list(self._windows.items()):
-            if now >= window.start + window.per:
-                self._close(name, window)
-        closed, self._closed = self._closed, []
-        return closed
-
-    def _close(self, route: str, window: _Window) -> None:
-        del self._windows[route]
-        folded = sum(window.detectors.values())
-        if folded:
-            self._closed.append(_summary(route, window, folded))
+        """Summaries of the intervals opened `per` seconds ago or more (dispatcher time) that
+        folded something since their last summary."""
+        summaries = []
+        for (route, start), window in sorted(self._windows.items()):
+            if now < window.opened + window.per:
+                continue
+            if window.detectors:
+                summaries.append(_summary(route, window, sum(window.detectors.values())))
+                window.detectors, window.merchants, window.examples = Counter(), Counter(), []
+                window.opened = now
+            elif now >= window.opened + window.per + self.RETENTION:
+                del self._windows[route, start]
+        return summaries
 
 
 def _summary(route: str, window: _Window, folded: int) -> StormSummary:

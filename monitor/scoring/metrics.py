@@ -15,7 +15,7 @@ from prometheus_client import Counter as PromCounter
 
 from monitor import __version__
 from monitor.core.alerts import Alert
-from monitor.core.events import KINDS
+from monitor.core.events import KINDS, REJECT_REASONS
 from monitor.scoring.pipeline import Stats
 from monitor.scoring.scorer import Scorer
 
@@ -42,6 +42,37 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.truncated = PromCounter(
+            "posmon_dead_letters_truncated",
+            "Dead letters whose raw message was cut to fit (run.dead_letter_raw_bytes).",
+            registry=registry,
+        )
+        # State snapshots (`posmon run` with run.snapshot_dir; docs/streaming.md, "Snapshots").
+        self.snapshot_restores = PromCounter(
+            "posmon_snapshot_restores",
+            "State snapshots looked for after an assignment, by outcome (loaded, missing,"
+            " refused: corrupt, other code or policy; then the state is rebuilt from the topic).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.snapshot_writes = PromCounter(
+            "posmon_snapshot_writes",
+            "State snapshots written, or failed to write.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.snapshot_seconds = Gauge(
+            "posmon_snapshot_seconds",
+            "Time the last state snapshot took to write (the scoring loop waits for it).",
+            registry=registry,
+        )
+        self.snapshot_bytes = Gauge(
+            "posmon_snapshot_bytes", "Size of the last state snapshot written.", registry=registry
+        )
+        for outcome in ("loaded", "missing", "refused"):
+            self.snapshot_restores.labels(outcome=outcome)
+        for outcome in ("written", "failed"):
+            self.snapshot_writes.labels(outcome=outcome)
         self.duplicates = PromCounter(
             "posmon_events_duplicate",
             "Redelivered events (event_id already seen), ignored.",
@@ -50,6 +81,12 @@ class Metrics:
         self.late = PromCounter(
             "posmon_events_late",
             "Events older than the watermark when they arrived (still applied).",
+            registry=registry,
+        )
+        self.future = PromCounter(
+            "posmon_events_future",
+            "Events too far ahead of their partition's newest time to move the watermark (still"
+            " applied).",
             registry=registry,
         )
         self.alerts = PromCounter(
@@ -135,6 +172,8 @@ class Metrics:
         for detector in ("failed_then_debited", "duplicate_debit"):
             for currency in _USUAL_CURRENCIES:
                 self.money_at_risk.labels(detector=detector, currency=currency)
+        for reason in REJECT_REASONS:  # an alert on the first conflict or internal error, too
+            self.rejected.labels(reason=reason)
         self._money_counted: dict[str, int] = {}  # alert_id -> debited_minor already counted
         self._last_small = 0
         self._last_rebalances = 0
@@ -142,8 +181,10 @@ class Metrics:
         self._consumed = {kind: self.consumed.labels(kind=kind) for kind in KINDS}
         self._last_consumed: Counter[str] = Counter()
         self._last_rejected: Counter[str] = Counter()
+        self._last_truncated = 0
         self._last_duplicates = 0
         self._last_late = 0
+        self._last_future = 0
 
     def observe_batch(
         self,
@@ -156,8 +197,10 @@ class Metrics:
         seconds: float,
         emitted: Sequence[Alert] = (),
         small_attempts: int = 0,
+        truncated: int = 0,
         newest_event_lag: float | None,
         watermark_s: float | None,
+        future: int = 0,
     ) -> None:
         """Advance the series by what the cumulative tallies say happened since the last call."""
         for kind, total in consumed.items():
@@ -170,12 +213,18 @@ class Metrics:
             if delta:
                 self.rejected.labels(reason=reason).inc(delta)
                 self._last_rejected[reason] = total
+        if truncated > self._last_truncated:
+            self.truncated.inc(truncated - self._last_truncated)
+            self._last_truncated = truncated
         if duplicates > self._last_duplicates:
             self.duplicates.inc(duplicates - self._last_duplicates)
             self._last_duplicates = duplicates
         if late > self._last_late:
             self.late.inc(late - self._last_late)
             self._last_late = late
+        if future > self._last_future:
+            self.future.inc(future - self._last_future)
+            self._last_future = future
         for detector, severity in new_alerts:
             self.alerts.labels(detector=detector, severity=severity).inc()
         for alert in emitted:
@@ -188,6 +237,15 @@ class Metrics:
             self.event_lag.observe(max(0.0, newest_event_lag))
         if watermark_s is not None:
             self.watermark.set(watermark_s)
+
+    def rebase(self, scorer: Scorer) -> None:
+        """A new scorer took over (after a new assignment: fresh, or read from a snapshot):
+        count from its tallies on, so the series neither go back nor count its past again."""
+        self._last_consumed = Counter(scorer.consumed)
+        self._last_duplicates = scorer.duplicates
+        self._last_late = scorer.late
+        self._last_future = scorer.watermark.future
+        self._last_small = scorer.small_attempts
 
     def observe_scorer(
         self,
@@ -208,8 +266,10 @@ class Metrics:
             seconds=seconds,
             emitted=stats.emitted_in_batch,
             small_attempts=scorer.small_attempts,
+            truncated=stats.truncated,
             newest_event_lag=newest_event_lag,
             watermark_s=watermark_s,
+            future=scorer.watermark.future,
         )
 
     def _count_money(self, alert: Alert) -> None:

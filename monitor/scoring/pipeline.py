@@ -1,25 +1,34 @@
 """The scoring loop over an abstract `Source` and `Sink`, the same for replay and for the stream.
 
-    poll a batch -> decode each message (rejects become dead letters) -> score -> advance the
-    watermark -> publish the batch's alerts and dead letters -> commit the batch
+    poll a batch -> decode each message (rejects become dead letters) -> score (events the
+    scorer refuses become dead letters) -> advance the watermark -> publish the batch's alerts
+    and dead letters -> commit the batch
 
 The sink returns only once it has durably handed the batch on (a file written, a broker's
 acknowledgement), and only then is the batch committed: nothing is lost, and a redelivered batch
 yields the same alert ids, so nothing is paged twice.
+
+A dead letter carries the partition and offset of its message (`Batch.offsets`; a line number in
+a replay) for the sink to name its source, and a `raw` cut to `raw_bytes` (docs/contract.md,
+"Dead letters"): no single record can stop the loop.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Protocol
+from typing import Final, Protocol
 
 from monitor.core.alerts import Alert
 from monitor.core.batches import Batch, Source
-from monitor.core.events import Event, Rejection, decode
+from monitor.core.events import Event, Rejection, decode, refusal
 from monitor.scoring.scorer import Scorer
+
+# The default bound of a dead letter's `raw` (bytes as a JSON string): a dead letter stays far
+# below a Kafka message's usual limit (1 MiB) whatever the message held.
+DEAD_LETTER_RAW_BYTES: Final = 64 * 1024
 
 
 class Sink(Protocol):
@@ -32,7 +41,8 @@ class Stats:
     """What a run did, for the summary table and the metrics."""
 
     messages: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)  # dead letters by reason
+    truncated: int = 0  # dead letters whose `raw` was cut
     alerts_emitted: int = 0  # every version, updates included
     raised: Counter[str] = field(default_factory=Counter)  # new alerts by detector
     latest: dict[str, Alert] = field(default_factory=dict)  # detector -> its newest alert
@@ -40,25 +50,80 @@ class Stats:
     emitted_in_batch: list[Alert] = field(default_factory=list)  # every alert of the last batch
 
 
-def score_batch(batch: Batch, scorer: Scorer, stats: Stats) -> tuple[list[Alert], list[Rejection]]:
-    """Decode and score one batch; returns the alerts it opened or grew and its dead letters."""
+def score_batch(
+    batch: Batch, scorer: Scorer, stats: Stats, raw_bytes: int = DEAD_LETTER_RAW_BYTES
+) -> tuple[list[Alert], list[Rejection]]:
+    """Decode and score one batch; returns the alerts it opened or grew and its dead letters
+    (in message order within each chunk)."""
     rejected: list[Rejection] = []
+    offsets = batch.offsets or {}
     for partition, messages in batch.chunks:
-        # Decode the whole chunk, then score it in one call (not one call per event).
-        events = []
+        limit = _future_limit(batch, partition, scorer)
+        # Decode the whole chunk, then score it in one call (not one call per event). Only the
+        # rejects note their index: an event's index follows from theirs, when it is refused.
+        events: list[Event] = []
+        skipped: list[tuple[int, Rejection]] = []
         for raw in messages:
             decoded = decode(raw)
+            if limit is not None and type(decoded) is Event and decoded.t > limit:
+                decoded = _future(raw, decoded.t - limit, scorer)
             if type(decoded) is Event:
                 events.append(decoded)
             else:
                 assert isinstance(decoded, Rejection)
-                rejected.append(decoded)
-                stats.rejected[decoded.reason] += 1
+                skipped.append((len(events) + len(skipped), decoded))
         scorer.use_partition(partition, batch.active)
-        scorer.process_many(events)
+        refused = scorer.process_many(events)
         stats.messages += len(messages)
+        if not skipped and not refused:
+            continue
+        letters = list(skipped)
+        for k, reason, error in refused:
+            i = _message_index(k, skipped)
+            letters.append((i, refusal(reason, error, messages[i])))
+        letters.sort(key=_first)
+        at = offsets.get(partition)  # None: the source gives no coordinates
+        for i, letter in letters:
+            located = letter if at is None else letter._replace(partition=partition, offset=at[i])
+            rejected.append(_bounded(located, raw_bytes, stats))
     scorer.advance(batch.active)
     return _collect(scorer, stats), rejected
+
+
+def _future_limit(batch: Batch, partition: int, scorer: Scorer) -> int | None:
+    """The latest event time taken from a chunk while streaming: its newest broker append time
+    plus `max_future_skew`. A replay has no broker clock, and no limit (None)."""
+    if batch.append_ms is None or partition not in batch.append_ms:
+        return None
+    return batch.append_ms[partition] * 1000 + scorer.watermark.skew
+
+
+def _future(raw: bytes, beyond_us: int, scorer: Scorer) -> Rejection:
+    ahead = (beyond_us + scorer.watermark.skew) / 1e6
+    return refusal("future", f"event_time is {ahead:.0f} s ahead of the broker's clock", raw)
+
+
+def _message_index(k: int, skipped: list[tuple[int, Rejection]]) -> int:
+    """The index in its chunk of the `k`-th event decoded from it, the rejects being `skipped`."""
+    i = k
+    for index, _ in skipped:  # ascending: each reject at or before the event shifts it by one
+        if index > i:
+            break
+        i += 1
+    return i
+
+
+def _first(letter: tuple[int, Rejection]) -> int:
+    return letter[0]
+
+
+def _bounded(rejection: Rejection, raw_bytes: int, stats: Stats) -> Rejection:
+    """Count the dead letter by reason, and cut its `raw` to `raw_bytes` (counted if it is)."""
+    stats.rejected[rejection.reason] += 1
+    cut = rejection.cut(raw_bytes)
+    if cut is not rejection:
+        stats.truncated += 1
+    return cut
 
 
 def _collect(scorer: Scorer, stats: Stats) -> list[Alert]:
@@ -82,12 +147,17 @@ def run(
     stopping: Callable[[], bool] = lambda: False,
     on_batch: Callable[[Batch, float], None] | None = None,
     timer: Callable[[], float] = lambda: 0.0,
+    raw_bytes: int = DEAD_LETTER_RAW_BYTES,
+    restart: Callable[[], Scorer] | None = None,
 ) -> None:
     """Score until the source ends (then close the event time, as a replay does) or `stopping`.
 
     An empty batch still moves the watermark (idle partitions), so decisions fall due without
     traffic. `on_batch` gets each batch and its scoring time, measured with the injected
-    `timer` (the entry layer passes a clock; this module reads none).
+    `timer` (the entry layer passes a clock; this module reads none). A dead letter's `raw` is
+    cut to `raw_bytes`. A `fresh` batch (the source moved back after a new assignment) swaps in
+    the scorer `restart` gives (new, or read from a snapshot); dead letters of messages below
+    `batch.handed_on` were published before and are not published again.
     """
     while not stopping():
         batch = source.poll()
@@ -95,8 +165,14 @@ def run(
             scorer.close()
             sink.publish(_collect(scorer, stats), [])
             return
+        if batch.fresh:
+            if restart is None:
+                raise RuntimeError("the source restarted its partitions and no restart is given")
+            scorer = restart()
         started = timer()
-        alerts, rejected = score_batch(batch, scorer, stats)
+        alerts, rejected = score_batch(batch, scorer, stats, raw_bytes)
+        if batch.handed_on:
+            rejected = [r for r in rejected if not _handed_on(r, batch.handed_on)]
         elapsed = timer() - started
         if alerts or rejected:
             sink.publish(alerts, rejected)
@@ -106,12 +182,26 @@ def run(
             on_batch(batch, elapsed)
 
 
-class MemorySource:
-    """Batches from an iterable of messages: what `posmon replay` and the tests use."""
+def _handed_on(rejection: Rejection, handed_on: Mapping[int, int]) -> bool:
+    """Whether the dead letter's message lies below the offset its partition had committed."""
+    return rejection.offset is not None and rejection.offset < handed_on.get(
+        rejection.partition if rejection.partition is not None else -1, 0
+    )
 
-    def __init__(self, messages: Iterable[bytes], batch_size: int = 1000) -> None:
+
+class MemorySource:
+    """Batches from an iterable of messages: what `posmon replay` and the tests use.
+
+    Each message's offset is its line number, counted from `first_line` (a file read from its
+    start: 1), so a dead letter names its line.
+    """
+
+    def __init__(
+        self, messages: Iterable[bytes], batch_size: int = 1000, *, first_line: int = 1
+    ) -> None:
         self._messages: Iterator[bytes] = iter(messages)
         self._batch_size = batch_size
+        self._first_line = first_line
         self._read = 0
         self.committed = 0
 
@@ -119,8 +209,9 @@ class MemorySource:
         batch = list(islice(self._messages, self._batch_size))
         if not batch:
             return None
+        line = self._first_line + self._read
         self._read += len(batch)
-        return Batch([(0, batch)], self._read)
+        return Batch([(0, batch)], self._read, offsets={0: range(line, line + len(batch))})
 
     def commit(self, batch: Batch) -> None:
         assert isinstance(batch.position, int)

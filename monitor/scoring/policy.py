@@ -12,7 +12,9 @@ breaks ties between decisions due at the same moment.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from monitor.core.durations import PositiveInt, Seconds
 from monitor.scoring.detectors.base import DetectorSettings
@@ -60,6 +62,8 @@ class Policy(_Strict):
     """Everything that decides what is an incident. The defaults are the contract's."""
 
     allowed_lateness: Seconds = 120.0
+    # An event further ahead of its partition's newest time holds back (docs/detectors.md, "Time").
+    max_future_skew: Annotated[Seconds, Field(gt=0)] = 600.0
     state: StateLimits = StateLimits()
     detectors: Detectors = Detectors()
 

@@ -1,11 +1,12 @@
 """The scorer: accepted events in, incidents out, on event time.
 
-For each event, in this order: drop a redelivered `event_id`, move the watermark (counting a
-late event), apply it to its purchase attempt (outcomes, reversals, refunds, debits), and hand
-it to the hooks the detectors registered for its kind. After a batch, `advance` moves the
-watermark, lets the ordered detectors count the events it has passed, takes every decision whose
-deadline it has passed, and sweeps expired state. Nothing here reads the clock; `close` ends the
-input (docs/detectors.md, "Time").
+For each event, in this order: drop a redelivered `event_id` (refuse it as a `conflict` when its
+content differs), move the watermark (counting a late event), apply it to its purchase attempt
+(outcomes, reversals, refunds, debits), and hand it to the hooks the detectors registered for
+its kind (an exception there refuses that one event as `internal`: no record stops the stream).
+After a batch, `advance` moves the watermark, lets the ordered detectors count the events it has
+passed, takes every decision whose deadline it has passed, and sweeps expired state. Nothing
+here reads the clock; `close` ends the input (docs/detectors.md, "Time").
 
 The scorer knows no detector by name: it builds those the policy enables, in registry order
 (`policy.Detectors`), and loops over them.
@@ -14,12 +15,12 @@ The scorer knows no detector by name: it builds those the policy enables, in reg
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Sequence
 from typing import Final
 
 from monitor.core.alerts import Alert
 from monitor.core.durations import us
-from monitor.core.events import KINDS, Event
+from monitor.core.events import KINDS, Event, RejectReason
 from monitor.scoring.attempts import Attempts
 from monitor.scoring.detectors.base import (
     Deadline,
@@ -35,10 +36,25 @@ from monitor.scoring.state import NEVER, Order, SeenIds, Watermark
 # Expiry sweeps walk quiet keys; every five minutes of event time keeps that off the per-event
 # cost, and holds at most five minutes' worth of expired entries longer.
 _SWEEP_EVERY_US: Final = 300_000_000
+# An exception's text in a dead letter: enough to find the bug, bounded whatever it holds.
+_ERROR_CHARS: Final = 1000
+
+# An event the scorer did not apply: (its index in the events given, reason, error).
+Refused = tuple[int, RejectReason, str]
 
 
 def _order(decision: tuple[Order, Incident | None]) -> Order:
     return decision[0]
+
+
+def _refuse(
+    refused: list[Refused], events: Sequence[Event], ev: Event, reason: RejectReason, error: str
+) -> None:
+    """Note `ev` as refused, with its index in `events`, found here rather than counted on the
+    hot path: an equal event between the last refused one and `ev` would have made `ev` a
+    redelivery, so the first equal one from there is `ev` itself."""
+    start = refused[-1][0] + 1 if refused else 0
+    refused.append((events.index(ev, start), reason, error))
 
 
 class Scorer:
@@ -47,7 +63,7 @@ class Scorer:
     def __init__(self, policy: Policy) -> None:
         limits = policy.state
         self.lateness = us(policy.allowed_lateness)
-        self.watermark = Watermark(self.lateness)
+        self.watermark = Watermark(self.lateness, us(policy.max_future_skew))
         self.seen = SeenIds(us(limits.dedup_horizon), limits.max_dedup_ids)
         self.attempts = Attempts(us(limits.attempt_ttl), limits.max_attempts)
         shared = Shared(
@@ -66,7 +82,8 @@ class Scorer:
         self._ordered = tuple(d for d in self.detectors if isinstance(d, Ordered))
         self._deadline = tuple(d for d in self.detectors if isinstance(d, Deadline))
         self._changed: dict[str, Incident] = {}
-        self._handlers: dict[str, Handler] = handlers(self.detectors, self.attempts, self._changed)
+        self._handlers: dict[str, Handler] = {}
+        self.rewire()
         # A plain dict with every kind: a Counter's subscripts take the slower generic path.
         self.consumed: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._partition = 0
@@ -75,6 +92,10 @@ class Scorer:
         self.duplicates = 0
         self.late = 0
         self._last_sweep = NEVER
+
+    def rewire(self) -> None:
+        """Build the per-kind handlers over the current stores (again, after a snapshot load)."""
+        self._handlers = handlers(self.detectors, self.attempts, self._changed)
 
     # -- per event -------------------------------------------------------------------------
 
@@ -90,19 +111,30 @@ class Scorer:
         # every event, as docs/detectors.md reads for a replay.
         self._solo = all(p == partition for p in (maxima if active is None else {*maxima, *active}))
 
-    def process(self, ev: Event) -> None:
-        """Apply one accepted event. A redelivered `event_id` is counted and ignored."""
-        self.process_many((ev,))
+    def process(self, ev: Event) -> list[Refused]:
+        """Apply one accepted event, as `process_many` does."""
+        return self.process_many((ev,))
 
-    def process_many(self, events: Iterable[Event]) -> None:
-        """Apply accepted events in order (the hot loop: one call per chunk, not per event)."""
+    def process_many(self, events: Sequence[Event]) -> list[Refused]:
+        """Apply accepted events in order (the hot loop: one call per chunk, not per event).
+
+        Returns those it refused, for the dead letters: a known `event_id` whose content differs
+        from the first one's (`conflict`), an event a handler raised on (`internal`).
+        """
+        refused: list[Refused] = []
         seen_add, consumed, mark = self.seen.add, self.consumed, self.watermark
         lateness, solo, partition_max = self.lateness, self._solo, self._partition_max
-        handlers = self._handlers
+        handlers, skew = self._handlers, mark.skew
+        # At most the frontier plus the skew: only an event past it needs the exact check.
+        limit = partition_max + skew
         for ev in events:
             watermark = mark.value
-            if not seen_add(ev.event_id, watermark):
-                self.duplicates += 1
+            if not seen_add(ev.event_id, watermark, hash(ev)):
+                if self.seen.fingerprint_of(ev.event_id) in (hash(ev), None):
+                    self.duplicates += 1
+                else:
+                    error = f"event_id {ev.event_id!r} was seen before with other content"
+                    _refuse(refused, events, ev, "conflict", error)
                 continue
             kind = ev.kind
             consumed[kind] += 1
@@ -110,12 +142,30 @@ class Scorer:
             if t < watermark:
                 self.late += 1
             if t > partition_max:
-                partition_max = t
-                if solo and t - lateness > watermark:
-                    # One partition (a replay): the watermark follows every event.
-                    mark.value = t - lateness
-            handlers[kind](ev)
+                if t > limit:
+                    # Rare (once per skew of event time): the limit is brought up to date; a
+                    # clock far ahead of its partition (or its first event) moves the frontier
+                    # only with the rest of the traffic.
+                    if t - partition_max > skew:
+                        partition_max = mark.ahead(
+                            self._partition, partition_max, t, ev.terminal_id
+                        )
+                    else:
+                        partition_max = t
+                    limit = partition_max + skew
+                else:
+                    partition_max = t
+                if solo and partition_max - lateness > watermark:
+                    # One partition (a replay): the watermark follows the frontier.
+                    mark.value = partition_max - lateness
+            try:
+                handlers[kind](ev)
+            except Exception as exc:  # one event's bug must not stop the stream
+                consumed[kind] -= 1
+                error = f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
+                _refuse(refused, events, ev, "internal", error)
         self._partition_max = partition_max
+        return refused
 
     # -- per batch -------------------------------------------------------------------------
 
@@ -135,6 +185,8 @@ class Scorer:
             wm = self.watermark.value
         else:
             wm = self.watermark.advance(active)
+        # It may have taken in times that were ahead of the current partition.
+        self._partition_max = self.watermark.maxima.get(self._partition, NEVER)
         changed = self._changed
         for ordered in self._ordered:
             for incident in ordered.release(wm, inclusive=closing):
@@ -155,7 +207,8 @@ class Scorer:
             detector.sweep(wm)
 
     def close(self) -> None:
-        """End of input: the watermark moves to the largest event time; due decisions are taken."""
+        """End of input: the watermark moves to the newest event time of the frontier (not to an
+        event ahead of it); due decisions are taken."""
         self.advance(closing=True)
 
     def take_alerts(self) -> tuple[list[Alert], list[Alert]]:

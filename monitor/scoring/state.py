@@ -27,14 +27,89 @@ class Watermark:
 
     A partition the source reports idle (no message for a while, nothing left to read) is left
     out, so a quiet partition cannot hold every other partition's decisions back forever.
+
+    A partition's largest time is its frontier: an event more than `skew` ahead of it and of
+    the other partitions' (a terminal with a wrong clock) does not move it. `ahead` takes those
+    events, off the hot path: it holds each terminal's newest such time, and once `QUORUM`
+    terminals are ahead together (all traffic resuming after a real gap), the frontier jumps
+    to the time they have reached. A held time the frontier comes within `skew` of is taken
+    in, at the latest when the watermark moves, as if it arrived then.
     """
 
-    __slots__ = ("lateness", "maxima", "value")
+    __slots__ = ("_held", "future", "lateness", "maxima", "skew", "value")
 
-    def __init__(self, lateness_us: int) -> None:
+    # Distinct terminals ahead of a frontier that make it jump: more than a few bad clocks at
+    # once, far fewer than the terminals of a partition that resumes after a gap.
+    QUORUM = 5
+
+    def __init__(self, lateness_us: int, skew_us: int) -> None:
         self.lateness = lateness_us
+        self.skew = skew_us
         self.maxima: dict[int, int] = {}
         self.value = NEVER
+        self.future = 0  # events held back: more than `skew` ahead of their frontier
+        # Per partition, terminal -> (its newest time ahead, the frontier when it came).
+        self._held: dict[int, dict[str, tuple[int, int]]] = {}
+
+    def ahead(self, partition: int, own: int, t: int, terminal: str) -> int:
+        """An event at `t` more than `skew` past `own`, its partition's frontier (NEVER: none
+        yet: the other partitions' newest time stands in, if any, and becomes its frontier).
+        Returns the partition's new frontier: `t` or later unless the event is held back."""
+        # The rest of the traffic counts too: a partition of a few quiet merchants whose next
+        # event comes after a gap is not ahead when the other partitions are already there.
+        frontier = max(
+            own, max((m for p, m in self.maxima.items() if p != partition), default=NEVER)
+        )
+        if frontier == NEVER or t - frontier <= self.skew:
+            return t
+        skew, held = self.skew, self._held.setdefault(partition, {})
+        own = max(own, self._settle(held, frontier))
+        frontier = max(frontier, own)
+        if t - frontier <= skew:
+            return max(own, t)
+        newest = held.get(terminal, (t, 0))[0]
+        held[terminal] = (max(newest, t), frontier)
+        if len(held) < self.QUORUM:
+            self.future += 1
+            return frontier if own == NEVER else own
+        times = sorted(at for at, _ in held.values())
+        jumped = times[-self.QUORUM]  # QUORUM terminals have reached it
+        for at in times:  # and on over the times ahead within `skew` of it: traffic too
+            if at - jumped <= skew:
+                jumped = max(jumped, at)
+        # Those still ahead stay held, as ahead of the new frontier.
+        self._held[partition] = {
+            name: (at, jumped) for name, (at, _) in held.items() if at > jumped
+        }
+        if t > jumped:
+            self.future += 1
+        return jumped
+
+    def _settle(self, held: dict[str, tuple[int, int]], frontier: int) -> int:
+        """Take in the times ahead that `frontier` has come within `skew` of, oldest first (each
+        raises it for the next), as if they arrived now, so that what stays ahead does not
+        depend on the arrival order within the lateness. Forget the terminals it moved `skew`
+        plus the lateness past since they were last ahead: bad clocks among moving traffic, not
+        traffic resuming. Returns the newest time taken in (NEVER: none)."""
+        taken, stale = NEVER, frontier - self.skew - self.lateness
+        for name, (at, since) in sorted(held.items(), key=_newest):
+            if since < stale:
+                del held[name]
+            elif at - max(frontier, taken) <= self.skew:
+                taken = at
+                del held[name]
+        return taken
+
+    def _catch_up(self) -> None:
+        """`_settle` every partition that holds times ahead, against its frontier now."""
+        maxima = self.maxima
+        for partition, held in self._held.items():
+            if held:
+                own = maxima.get(partition, NEVER)
+                others = (m for p, m in maxima.items() if p != partition)
+                taken = self._settle(held, max(own, max(others, default=NEVER)))
+                if taken > own:
+                    maxima[partition] = taken
 
     def advance(self, active: Collection[int] | None = None) -> int:
         """Recompute from the maxima of the `active` partitions (None: every partition seen).
@@ -42,6 +117,7 @@ class Watermark:
         An active partition that has delivered nothing yet holds the watermark where it is:
         its first events may be older than every other partition's.
         """
+        self._catch_up()
         maxima = self.maxima
         if active is None:
             candidates = list(maxima.values())
@@ -56,9 +132,15 @@ class Watermark:
         return self.value
 
     def close(self) -> None:
-        """End of input: move the watermark to the largest event time (docs/detectors.md)."""
+        """End of input: move the watermark to the largest frontier (never to an event held
+        back ahead of it; docs/detectors.md, "Time")."""
+        self._catch_up()
         if self.maxima:
             self.value = max(self.value, *self.maxima.values())
+
+
+def _newest(entry: tuple[str, tuple[int, int]]) -> int:
+    return entry[1][0]
 
 
 class Timers(Generic[P]):
@@ -93,42 +175,80 @@ class Timers(Generic[P]):
             yield (deadline, rank, key, seq), payload
 
 
+# What Python's `hash` of an event depends on besides its content: the process's string-hash
+# secret and the address of None. Fingerprints made under another salt (a scorer restored from a
+# snapshot another process wrote) cannot be compared with this process's.
+HASH_SALT = hash(("posmon", None))
+
+
 class SeenIds:
-    """Remembers event ids for at least `horizon` of event time, in two generations.
+    """Remembers event ids for at least `horizon` of event time, in two generations, each with
+    a fingerprint of its event's content (the caller's: the scorer hashes the `Event`), so a
+    second event with a known id tells a redelivery (same content) from a conflict.
 
     A lookup checks the current and the previous generation; when the watermark has moved
     `horizon` past the start of the current one, the previous is dropped. If the current
     generation reaches `cap` ids it is rotated early and the ids it pushes out are counted.
+    Restored from another process (a snapshot), its fingerprints are not comparable until both
+    generations were filled here: until then a known id counts as a redelivery, as it always did.
     """
 
-    __slots__ = ("_cap", "_current", "_horizon", "_previous", "_rotate_at", "evicted")
+    __slots__ = (
+        "_cap",
+        "_current",
+        "_foreign",
+        "_horizon",
+        "_previous",
+        "_rotate_at",
+        "_salt",
+        "evicted",
+    )
 
     def __init__(self, horizon_us: int, cap: int) -> None:
         self._horizon = horizon_us
         self._cap = max(1, cap // 2)
-        self._current: set[str] = set()
-        self._previous: set[str] = set()
+        self._current: dict[str, int] = {}
+        self._previous: dict[str, int] = {}
         self._rotate_at = NEVER
+        self._salt = HASH_SALT  # the salt its fingerprints were made under
+        self._foreign = 0  # generations still holding fingerprints of another salt
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
 
-    def add(self, event_id: str, watermark: int) -> bool:
-        """Record `event_id`; False when it was already seen (a redelivery)."""
+    def add(self, event_id: str, watermark: int, fingerprint: int = 0) -> bool:
+        """Record `event_id` with its content's `fingerprint`; False when it was already seen
+        (then `fingerprint_of` tells a redelivery from a conflict)."""
         current = self._current
         if event_id in current or event_id in self._previous:
             return False
         if watermark >= self._rotate_at or len(current) >= self._cap:
             current = self._rotate(watermark)
-        current.add(event_id)
+        current[event_id] = fingerprint
         return True
 
-    def _rotate(self, watermark: int) -> set[str]:
+    def fingerprint_of(self, event_id: str) -> int | None:
+        """The fingerprint `event_id` was first recorded with; None when it is not remembered
+        or its fingerprint cannot be compared (made by another process)."""
+        self._adopt()
+        if self._foreign:
+            return None
+        found = self._current.get(event_id)
+        return self._previous.get(event_id) if found is None else found
+
+    def _adopt(self) -> None:
+        """Once restored from another process: its two generations hold foreign fingerprints."""
+        if self._salt != HASH_SALT:
+            self._salt, self._foreign = HASH_SALT, 2
+
+    def _rotate(self, watermark: int) -> dict[str, int]:
+        self._adopt()
+        self._foreign = max(0, self._foreign - 1)
         if len(self._current) >= self._cap:
             self.evicted += len(self._previous)
         self._previous = self._current
-        self._current = set()
+        self._current = {}
         self._rotate_at = watermark + self._horizon
         return self._current
 

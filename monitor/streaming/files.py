@@ -29,19 +29,41 @@ def read_messages(path: str) -> Iterator[bytes]:
 
 
 class JsonlSink:
-    """Writes alerts and dead letters as JSON lines; `publish` returns once they reach the OS."""
+    """Writes alerts and dead letters as JSON lines; `publish` returns once they reach the OS.
 
-    def __init__(self, alerts: Path, dead_letters: Path | None) -> None:
+    A dead letter's `source` names the line of `input_file` it stands for (a replay), or else
+    the partition and offset it was read at, of `topic` when given (a copy of a stream's).
+    """
+
+    def __init__(
+        self,
+        alerts: Path,
+        dead_letters: Path | None,
+        *,
+        input_file: str | None = None,
+        topic: str | None = None,
+    ) -> None:
         self._alerts = open(alerts, "w", encoding="utf-8")  # noqa: SIM115
         self._dlq = open(dead_letters, "w", encoding="utf-8") if dead_letters else None  # noqa: SIM115
+        self._input_file, self._topic = input_file, topic
 
     def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
         if alerts:
             self._alerts.writelines(alert.model_dump_json() + "\n" for alert in alerts)
             self._alerts.flush()
         if dead_letters and self._dlq is not None:
-            self._dlq.writelines(json.dumps(r.as_dead_letter()) + "\n" for r in dead_letters)
+            self._dlq.writelines(
+                json.dumps(r.as_dead_letter(self._source(r))) + "\n" for r in dead_letters
+            )
             self._dlq.flush()
+
+    def _source(self, r: Rejection) -> dict[str, str | int] | None:
+        if r.partition is None or r.offset is None:
+            return None
+        if self._input_file is not None:
+            return {"file": self._input_file, "line": r.offset}
+        at: dict[str, str | int] = {"partition": r.partition, "offset": r.offset}
+        return at if self._topic is None else {"topic": self._topic, **at}
 
     def close(self) -> None:
         for f in (self._alerts, self._dlq):

@@ -24,6 +24,9 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str = "localhost:9092"  # comma-separated host:port list
     topic: str = "pos.events"
     group: str = "posmon"
+    # Static group membership (KIP-345): a member that restarts with the same id gets its
+    # partitions back at once instead of waiting out its old session. One id per process.
+    group_instance_id: str | None = None
     alerts_topic: str = "posmon.alerts"
     client_id: str = "posmon"
     session_timeout_ms: PositiveMs = 10_000
@@ -38,6 +41,9 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: PositiveMs = 30_000
     delivery_timeout_ms: PositiveMs = 120_000
     max_block_ms: PositiveMs = 60_000
+    # `posmon run` and `dispatch` wait this long for a first answer from the bootstrap servers
+    # (logging each retry, /readyz 503), then exit 2; 0 means a single attempt.
+    startup_timeout: Seconds = 60.0
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

@@ -33,10 +33,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 from kafka.errors import CommitFailedError, KafkaError  # type: ignore[import-untyped]
+from kafka.metrics.measurable_stat import AbstractMeasurableStat  # type: ignore[import-untyped]
 from kafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
 from monitor.core.batches import Batch
@@ -46,6 +47,13 @@ from monitor.streaming.settings import KafkaSettings
 log = logging.getLogger("posmon.kafka")
 
 Clock = Callable[[], float]
+# Where to start reading the held partitions after an assignment, given the group's committed
+# offsets: the offsets a state snapshot covers, or None to read them from the beginning.
+StartAt = Callable[[frozenset[int], Mapping[int, int]], Mapping[int, int] | None]
+
+# Without a fetch answered for this long (beyond `fetch_max_wait_ms`, which a fetch may take on a
+# quiet topic) the broker counts as unreachable: /readyz answers 503.
+SILENT_AFTER_S = 5.0
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -61,6 +69,20 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._source._assigned_by_rebalance()
 
 
+class _LastAnswer(AbstractMeasurableStat):  # type: ignore[misc]
+    """When the broker last answered a fetch: a statistic on kafka-python's `fetch-latency`
+    sensor, which records every fetch response (on its IO thread, in monotonic milliseconds)."""
+
+    def __init__(self) -> None:
+        self.at_ms: float | None = None
+
+    def record(self, config: object, value: float, time_ms: float) -> None:
+        self.at_ms = time_ms
+
+    def measure(self, config: object, now: float) -> float:
+        return (now - self.at_ms) / 1000 if self.at_ms is not None else float("inf")
+
+
 class KafkaSource:
     """A consumer-group member reading `settings.topic` as `Batch`es (a `pipeline.Source`).
 
@@ -69,21 +91,55 @@ class KafkaSource:
     read from another thread (a metrics collector, /readyz). `clock` only times idleness.
     """
 
-    def __init__(self, settings: KafkaSettings, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        clock: Clock = time.monotonic,
+        start_at: StartAt | None = None,
+    ) -> None:
         self._settings = settings
         self._clock = clock
+        self.start_at = start_at
         self._lock = threading.Lock()
         self._held: frozenset[int] = frozenset()  # the assignment as of the last rebalance
         self._new: set[int] = set()  # newly assigned, committed offsets not read yet
+        self._pending = False  # an assignment the polling thread has not acted on yet
+        self._handed_on: dict[int, int] = {}  # committed offsets when the state was restarted
+        self._caught_up_since: dict[int, float] = {}  # clock since a partition was seen caught up
+        self._observed_at: float | None = None  # clock at the last `_observe`
         self._committed: dict[int, int] = {}  # highest offset the group committed, per partition
         self._rebuild_until: dict[int, int] = {}  # partition -> committed offset at assignment
         self._last_record: dict[int, float] = {}  # clock at the last record (or the assignment)
         self._lag: dict[int, int] = {}
         self._rebalances = 0
         self._known: frozenset[int] = frozenset()  # the assignment as the polling thread knows it
-        self._consumer = KafkaConsumer(**client_config(settings, "consumer"))
+        config = client_config(settings, "consumer")
+        if settings.group_instance_id is not None:  # a group member only, not `read_topic`'s
+            config["group_instance_id"] = settings.group_instance_id
+        self._consumer = KafkaConsumer(**config)
         self._consumer.subscribe([settings.topic], listener=_Listener(self))
         self._closed = False
+        # kafka-python reconnects through an outage by itself and says nothing; a fetch answer
+        # is what proves the broker reachable (`connected`). Its registry has no public getter.
+        metrics = self._consumer._metrics
+        self._answered = _LastAnswer()
+        metrics.get_sensor("fetch-latency").add(
+            metrics.metric_name(
+                "last-fetch-answer-seconds-ago",
+                "posmon",
+                "Seconds since the broker last answered a fetch",
+            ),
+            self._answered,
+        )
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broker answered a fetch in the last `SILENT_AFTER_S` (beyond
+        `fetch_max_wait_ms`); false before the first answer. Safe from any thread."""
+        at_ms = self._answered.at_ms
+        silent_s = time.monotonic() - at_ms / 1000 if at_ms is not None else float("inf")
+        return silent_s <= SILENT_AFTER_S + self._settings.fetch_max_wait_ms / 1000
 
     @property
     def rebalances(self) -> int:
@@ -92,8 +148,18 @@ class KafkaSource:
 
     @property
     def rebuilding(self) -> bool:
-        """True while some partition is still below the offset committed when it was assigned."""
-        return bool(self._rebuild_until)
+        """True from a new assignment until every held partition has been read up to the offset
+        the group had committed when it was assigned (set on the rebalance itself, so /readyz
+        never answers from the state of an earlier assignment)."""
+        return self._pending or bool(self._rebuild_until)
+
+    def covered(self) -> dict[int, int] | None:
+        """Per held partition, the offset below which every message has been scored and
+        committed (on the polling thread, after a commit): what a state snapshot taken now
+        covers. None while an assignment is pending or a partition is still being rebuilt."""
+        if self._pending or self._rebuild_until:
+            return None
+        return {p: self._committed.get(p, 0) for p in self._known}
 
     def assignment(self) -> set[int]:
         """The partitions this member holds."""
@@ -104,7 +170,8 @@ class KafkaSource:
         return dict(self._lag)
 
     def _assigned_by_rebalance(self) -> None:
-        """Called on the IO thread: note the new partitions, seek them to the beginning if asked.
+        """Called on the IO thread: note the assignment; with `rebuild="beginning"` flag every
+        held partition for a read from the beginning (a snapshot may move them on in `poll`).
 
         `seek_to_beginning` only flags the partitions for an offset reset, so it is safe here;
         reading the committed offsets blocks, so `poll` does it on the polling thread.
@@ -114,10 +181,11 @@ class KafkaSource:
             new = held - self._held
             self._held = held
             self._new = (self._new | new) & held
+            self._pending = True
             self._rebalances += 1
         log.info("assigned %s of %s (new: %s)", sorted(held), self._settings.topic, sorted(new))
-        if new and self._settings.rebuild == "beginning":
-            self._consumer.seek_to_beginning(*self._partitions(new))
+        if held and self._settings.rebuild == "beginning":
+            self._consumer.seek_to_beginning(*self._partitions(held))
 
     def _partitions(self, partitions: Iterable[int]) -> list[TopicPartition]:
         return [TopicPartition(self._settings.topic, p) for p in sorted(partitions)]
@@ -129,18 +197,66 @@ class KafkaSource:
         now = self._clock()
         with self._lock:
             new, self._new = self._new, set()
-            held = self._held
+            held, pending = self._held, self._pending
+        if s.rebuild == "beginning" and pending:
+            return self._restart(held, now)
         if new or held != self._known:
             self._on_assigned(new, held, now)
         chunks: list[tuple[int, list[bytes]]] = []
         position: dict[int, int] = {}
+        offsets: dict[int, list[int]] = {}
+        append_ms: dict[int, int] = {}
         for tp, messages in records.items():
-            chunks.append(
-                (tp.partition, [m.value if m.value is not None else b"" for m in messages])
-            )
-            position[tp.partition] = messages[-1].offset + 1
-            self._last_record[tp.partition] = now
-        return Batch(chunks, position, self._observe(held, now))
+            p = tp.partition
+            chunks.append((p, [m.value if m.value is not None else b"" for m in messages]))
+            offsets[p] = [m.offset for m in messages]
+            append_ms[p] = max(m.timestamp for m in messages)
+            position[p] = messages[-1].offset + 1
+            self._last_record[p] = now
+        handed_on = self._handed_on if self._rebuild_until else None
+        return Batch(
+            chunks,
+            position,
+            self._observe(held, records, now),
+            offsets,
+            append_ms,
+            handed_on=handed_on,
+        )
+
+    def _restart(self, held: frozenset[int], now: float) -> Batch:
+        """After any change of assignment (rebuild="beginning"): the scorer's state spans every
+        partition, so all of it starts anew. Each held partition is read again from the offset
+        a snapshot covers (`start_at`) or from the beginning, up to the offset the group had
+        committed (`rebuilding` until then). Records this poll returned are dropped: they are
+        read again from the new positions. Returns an empty `fresh` batch."""
+        committed: dict[int, int] = {}
+        try:
+            for tp in self._partitions(held):
+                committed[tp.partition] = self._consumer.committed(tp) or 0
+        except KafkaError as exc:  # an outage in the middle of a rebalance: try again next poll
+            log.warning("cannot read the committed offsets (%s); trying again", exc)
+            return Batch([], {}, None)
+        self._known = held
+        start = self.start_at(held, committed) if self.start_at is not None else None
+        if start is not None:
+            for tp in self._partitions(held):
+                self._consumer.seek(tp, start[tp.partition])
+        else:  # flagged by the rebalance already; again, in case a snapshot was refused late
+            self._consumer.seek_to_beginning(*self._partitions(held))
+        begin = start or {}
+        self._committed = committed
+        self._handed_on = committed
+        self._rebuild_until = {p: c for p, c in committed.items() if c > begin.get(p, 0)}
+        self._last_record = dict.fromkeys(held, now)
+        self._caught_up_since = {}
+        self._lag = {}
+        with self._lock:
+            if self._held == held:
+                self._pending = False
+        if self._rebuild_until:
+            origin = "a snapshot" if start is not None else "the beginning"
+            log.info("rebuilding state from %s up to %s", origin, self._rebuild_until)
+        return Batch([], {}, None, fresh=True)
 
     def _on_assigned(self, new: set[int], held: frozenset[int], now: float) -> None:
         """After a rebalance, on the polling thread: forget revoked partitions, read the
@@ -159,15 +275,23 @@ class KafkaSource:
         if self._rebuild_until:
             log.info("rebuilding state from the beginning up to %s", self._rebuild_until)
 
-    def _observe(self, held: frozenset[int], now: float) -> frozenset[int] | None:
+    def _observe(
+        self, held: frozenset[int], records: Mapping[TopicPartition, object], now: float
+    ) -> frozenset[int] | None:
         """Update lag and rebuild progress; return the partitions that are not idle.
 
-        Idle means caught up (position at the high watermark) and no record for
-        `idle_partition_s`: such a partition must not hold the others' watermark back. With no
+        Idle means seen caught up (position at the high watermark, no record) at every poll for
+        `idle_partition_s`: such a partition must not hold the others' watermark back. A poll
+        that comes later than half that after the previous one starts the count again: after a
+        stalled loop the high watermarks are old news, and a partition the loop could not read
+        is not a quiet one. With no
         partition assigned (before the first join, or all revoked) the answer is None, never an
         empty set: an empty set means "all idle", which moves the watermark to the newest event
         time, and would take decisions on state whose partitions are now read by another member.
         """
+        idle_after = self._settings.idle_partition_s
+        stalled = self._observed_at is None or now - self._observed_at > idle_after / 2
+        self._observed_at = now
         lag: dict[int, int] = {}
         active: set[int] = set()
         for tp in self._partitions(held):
@@ -181,8 +305,12 @@ class KafkaSource:
                 lag[p] = max(highwater - position, 0)
             if position is not None and position >= self._rebuild_until.get(p, 0):
                 self._rebuild_until.pop(p, None)
-            quiet = now - self._last_record.get(p, now) >= self._settings.idle_partition_s
-            if not (quiet and lag.get(p) == 0):
+            if lag.get(p) != 0 or tp in records:
+                self._caught_up_since.pop(p, None)
+            elif stalled or p not in self._caught_up_since:
+                self._caught_up_since[p] = now
+            quiet = now - self._last_record.get(p, now) >= idle_after
+            if not (quiet and now - self._caught_up_since.get(p, now) >= idle_after):
                 active.add(p)
         self._lag = lag
         return frozenset(active) if held else None
@@ -208,11 +336,15 @@ class KafkaSource:
         except CommitFailedError as exc:
             log.warning("commit refused after a rebalance, the batch will be re-read: %s", exc)
             return
+        except KafkaError as exc:  # the broker unreachable: the next commit covers these offsets
+            log.warning("commit failed, to be covered by the next one: %s", exc)
+            return
         for tp, meta in offsets.items():
             self._committed[tp.partition] = meta.offset
 
     def close(self) -> None:
-        """Leave the group cleanly, committing nothing more. Idempotent."""
+        """Leave the group cleanly, committing nothing more. Idempotent. A broker that does not
+        answer gets a quarter of a second (not `request_timeout_ms`): a stop must not wait."""
         if not self._closed:
             self._closed = True
-            self._consumer.close(autocommit=False)
+            self._consumer.close(autocommit=False, timeout_ms=250)
