@@ -41,15 +41,17 @@ system-deps: ## install the Debian packages the tests use, when missing (needs r
 test: $(STAMP) system-deps ## run every test
 	$(BIN)/python -m pytest -q
 
-soak: $(STAMP) system-deps ## long runs: property tests on 2,000 fresh examples each, full-size kills and outages
-	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/test_properties.py
+soak: $(STAMP) system-deps ## long runs: property tests on 2,000 fresh examples each, 5 min of fuzzing per target, full-size kills and outages
+	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/test_properties.py tests/test_pans.py
+	FUZZ_SECONDS=300 $(BIN)/python -m pytest -q tests/test_pans.py -k fuzz
 	$(BIN)/python -m pytest -q -m soak
 
-lint: $(STAMP) ## ruff, mypy --strict and the import contracts of the layers
+lint: $(STAMP) ## ruff, mypy --strict, the import contracts of the layers and bandit
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/bandit -q -c pyproject.toml -r monitor
 
 format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .

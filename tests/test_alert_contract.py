@@ -17,7 +17,7 @@ import pytest
 from monitor.cli.main import main
 from monitor.core.alerts import Alert
 
-REFERENCE_DAY_DIGEST = "d7640d840a2360148632ca055a6be93d5a1ea61cefd46f6782047ed2574dc625"
+REFERENCE_DAY_DIGEST = "2dd8586fba5b0528af43c94baf55f9d774dbae36563348c6b3b08435d05b3696"
 MONEY_DETECTORS = {"failed_then_debited", "duplicate_debit"}
 NO_CURRENCY = {"terminal_failure_spike"}
 

@@ -542,13 +542,14 @@ def test_a_refund_after_the_grace_gives_the_money_back_and_resolves_the_alert() 
 @pytest.mark.parametrize("batch_size", [1, 1000])
 def test_a_late_give_back_settles_every_case_of_its_reference(batch_size: int) -> None:
     """A failure matched by a manual debit and by its own debit: one reversal of the attempt
-    after the grace gives both back, whether it is seen before the decisions or after them."""
+    after the grace, of both amounts, gives both back, whether it is seen before the decisions
+    or after them (one of a single amount gives back one: tests/test_settlement.py)."""
     events = [
         *_attempt("R1", 0, "network_error"),
         event("debit_posted", 60, ref="M1"),
         event("debit_posted", 120, ref="R1"),
         tick(1500),  # one event at a time, this takes both decisions before the reversal is seen
-        event("reversal", 1600, ref="R1"),
+        event("reversal", 1600, ref="R1", amount=7000),
         tick(2 * H),
     ]
     (alert,) = by_detector(score(events, batch_size=batch_size), "failed_then_debited")

@@ -238,6 +238,8 @@ def test_invalid_dispatch_sections_are_refused(section: dict[str, Any], message:
         ({"type": "webhook", "secret_env": "K"}, "a webhook channel needs a url"),
         ({"type": "alertmanager"}, "an? alertmanager channel needs a url"),
         ({"type": "slack"}, "slack channel needs its webhook URL"),
+        # the incoming-webhook URL is the credential itself (issue 11)
+        ({"type": "slack", "url": "https://hooks.slack.example/T/B/X"}, "URL is itself a secret"),
         ({"type": "file"}, "a file channel needs a path"),
         ({"type": "console", "path": "/x"}, "path applies to file channels only"),
         ({"type": "sms"}, "type"),
@@ -254,7 +256,7 @@ def test_invalid_channels_are_refused(channel: dict[str, Any], message: str) -> 
         {"type": "console"},
         {"type": "file", "path": "/tmp/n.jsonl"},
         {"type": "webhook", "url": "https://hooks.example/posmon", "secret_env": "HMAC_KEY"},
-        {"type": "slack", "url": "https://hooks.slack.example/T/B/X"},
+        {"type": "slack", "secret_file": "/run/secrets/slack-webhook-url"},
         {"type": "pagerduty", "secret_file": "/run/secrets/pd", "url": "https://pd.example"},
     ],
 )

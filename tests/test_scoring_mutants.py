@@ -72,9 +72,10 @@ def ghost_debits() -> Scenario:
     r1, r2 = declined("R1"), attempt("R2", H, "network_error", amount=1200)
     d1, d2 = debit(300), debit(H + 300, "M-2", amount=1200)
     case = dict(txn_ref="R1", debit_txn_ref="R1", failure="auth_declined", response_code="05")
+    kept = dict(offset_minor=0, given_back_minor=0, given_back=False, offsets=[])
     cases = [
-        {**case, "amount_minor": 3500, "linked": True, "given_back": False},
-        {**case, "amount_minor": 1200, "linked": False, "given_back": False},
+        {**case, "amount_minor": 3500, "linked": True, "at_risk_minor": 3500, **kept},
+        {**case, "amount_minor": 1200, "linked": False, "at_risk_minor": 1200, **kept},
     ]
     cases[1].update(txn_ref="R2", debit_txn_ref="M-2", failure="network_error", response_code=None)
     details = dict(txn_ref="R1", currency="EUR", reversal_grace_s=900.0, cases=cases)
@@ -83,23 +84,27 @@ def ghost_debits() -> Scenario:
         **seen(key, 1, H + 300, [r1[1], d1, r2[1], d2], 2),
         "summary": "Card tok_ab..kl debited 2 times, 47.00 EUR in all, at terminal T-9 after a"
         " network error, no reversal after 15 min",
-        "details": {**details, "debited_minor": 4700, "resolved": False},
+        "details": {**details, "debited_minor": 4700, "resolved": False, "settlements_ignored": []},
         **dict(severity="critical", amount_at_risk_minor=4700, currency="EUR"),
     }
     return [*r1, d1, *r2, d2, tick(3 * H)], "failed_then_debited", fields
 
 
 def duplicate_debits() -> Scenario:
-    """Three debits, one given back; the first debit names the terminal."""
+    """Three debits, one given back; the first debit names the terminal; the money at risk is
+    what stays debited."""
     debits = [debit(60), debit(400, amount=1500, terminal="T-8"), debit(500)]
-    events = [*attempt("R1", 0, "auth_approved"), *debits, ev("reversal", 700), tick(2 * H)]
+    reversal = ev("reversal", 700)
+    events = [*attempt("R1", 0, "auth_approved"), *debits, reversal, tick(2 * H)]
     details = dict(txn_ref="R1", debits=3, reversals_and_refunds=1, debited_minor=8500)
+    offset = {"event_id": reversal["event_id"], "kind": "reversal", "amount_minor": 3500}
+    details.update(offset_minor=3500, offsets=[offset], settlements_ignored=[])
     fields = {
         **seen(alert_id("duplicate_debit", "R1"), 60, 500, debits, 3),
         "summary": "Card tok_ab..kl debited 3 times (85.00 EUR in all) for one purchase (ref"
         " R1) at terminal T-9, 1 given back after 15 min",
         "details": {**details, "currency": "EUR", "reversal_grace_s": 900.0},
-        **dict(severity="critical", amount_at_risk_minor=8500, currency="EUR"),
+        **dict(severity="critical", amount_at_risk_minor=5000, currency="EUR"),
     }
     return events, "duplicate_debit", fields
 
@@ -107,6 +112,7 @@ def duplicate_debits() -> Scenario:
 def missing_reversal() -> Scenario:
     failure = attempt("R1", 0, "network_error", amount=1250, currency="GBP")
     details = dict(txn_ref="R1", amount_minor=1250, currency="GBP", reversal_timeout_s=120.0)
+    details["settlements_ignored"] = []
     fields = {
         **seen(alert_id("missing_reversal", "R1"), 1, 1, failure[1:]),
         "summary": "Network error on 12.50 GBP at terminal T-9 (card tok_ab..kl), no reversal"

@@ -3,6 +3,10 @@
 `text` is the notification line (`[critical] failed_then_debited — <summary>`); Slack shows it in
 notifications and where blocks cannot be rendered. The blocks give one section per alert with its
 place (merchant, terminal), its amounts in major units and a link built from `link_template`.
+Every value from the data, in `text` as in the blocks, is `printable` (card numbers masked,
+control characters escaped) and then escaped as Slack documents (`&`, `<`, `>`): Slack reads
+`<!channel>` as a mention of everyone and `<https://...|label>` as a link that hides its target,
+so an id or summary holding them must show them as written.
 
 Slack answers 200 `ok`; 400 `invalid_payload`, 403 `invalid_token` / `action_prohibited`, 404
 `no_service` / `channel_not_found` (permanent); 429 with `Retry-After`; 5xx (retry). An incoming
@@ -24,7 +28,7 @@ from pydantic import SecretStr
 
 from monitor.channels.base import format_link, post
 from monitor.core.alerts import Alert
-from monitor.core.text import money
+from monitor.core.text import money, printable
 from monitor.paging.notification import DELIVERED, Notification, Outcome
 
 MAX_ALERT_BLOCKS = 20  # Slack allows 50 blocks per message; a storm is summarised, not listed
@@ -57,10 +61,10 @@ class SlackChannel:
     def message(self, notification: Notification) -> dict[str, object]:
         """The webhook body: fallback `text` and the blocks."""
         alerts = notification.alerts
-        text = headline(notification)
+        text = _escape(headline(notification))  # shown literally, here as in the blocks
         blocks = [_section(self._alert_text(alert)) for alert in alerts[:MAX_ALERT_BLOCKS]]
         if len(alerts) > 1 or notification.summary:
-            blocks.insert(0, _section(_escape(text)))  # a group gets its own headline on top
+            blocks.insert(0, _section(text))  # a group gets its own headline on top
         if len(alerts) > MAX_ALERT_BLOCKS:
             more = len(alerts) - MAX_ALERT_BLOCKS
             blocks.append(
@@ -111,5 +115,6 @@ def _section(text: str) -> dict[str, object]:
 
 
 def _escape(text: str) -> str:
-    """Slack's three control characters in mrkdwn text."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text from the data made `printable`, then Slack's three control characters escaped (the
+    escaping Slack documents for message text, top-level `text` and mrkdwn blocks alike)."""
+    return printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -22,9 +23,10 @@ from rich.console import Console
 
 from monitor.cli.demo import DemoOptions, run_demo
 from monitor.cli.health import DispatchProbes, DispatchThread
+from monitor.cli.logs import log_to_stderr
 from monitor.cli.oncall import build_channels, retry_policy, run_dispatcher
 from monitor.cli.service import Service
-from monitor.cli.settings import Settings, load_policy, load_settings
+from monitor.cli.settings import Settings, config_path, load_settings
 from monitor.cli.summary import print_summary
 from monitor.core.alerts import alert_json_schema
 from monitor.core.events import event_json_schema
@@ -36,7 +38,13 @@ from monitor.scoring.scorer import Scorer
 from monitor.simulation.simulator import Simulation, SimulationSpec, write_simulation
 from monitor.streaming.client import PublishInterrupted
 from monitor.streaming.connect import connect, wait_for_broker
-from monitor.streaming.files import JsonlSink, read_messages
+from monitor.streaming.files import (
+    JsonlSink,
+    OutputCollisionError,
+    atomic_paths,
+    read_messages,
+    refuse_collisions,
+)
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.sink import KafkaSink
 from monitor.streaming.source import KafkaSource
@@ -47,25 +55,38 @@ class UsageError(Exception):
 
 
 def replay(args: argparse.Namespace) -> int:
-    policy = load_policy(args.config)
+    """Score a file as `posmon run` scores the stream, with the same settings: `--config` or
+    `POSMON_CONFIG`, then `POSMON_...` variables (the policy, `run.dead_letter_raw_bytes`)."""
+    settings = load_settings(args.config)
     if args.input != "-" and not Path(args.input).is_file():
         raise UsageError(f"no such input file: {args.input}")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     dlq = args.dlq or args.alerts.with_name(f"{_stem(args.alerts)}.dlq.jsonl")
+    _refuse_collisions(
+        {"the input": args.input, **_config_input(args.config)},
+        {"--alerts": args.alerts, "--dlq": dlq},
+    )
     try:
         sink = JsonlSink(args.alerts, dlq, input_file=args.input)
     except OSError as exc:
         raise UsageError(f"cannot write output: {exc.filename}: {exc.strerror}") from exc
-    scorer, stats = Scorer(policy), Stats()
+    scorer, stats = Scorer(settings.policy), Stats()
     _tune_gc()
     started = time.perf_counter()
-    try:
-        run_scoring(MemorySource(read_messages(args.input), args.batch_size), sink, scorer, stats)
+    source = MemorySource(read_messages(args.input), args.batch_size)
+    try:  # the outputs replace earlier ones only when the whole input was scored
+        run_scoring(source, sink, scorer, stats, raw_bytes=settings.run.dead_letter_raw_bytes)
     except OSError as exc:
+        sink.abort()
         raise UsageError(f"cannot read {args.input}: {exc.strerror}") from exc
-    finally:
+    except BaseException:
+        sink.abort()
+        raise
+    try:
         sink.close()
+    except OSError as exc:
+        raise UsageError(f"cannot write output: {exc.filename}: {exc.strerror}") from exc
     elapsed = time.perf_counter() - started
     if not args.quiet:
         rate = stats.messages / elapsed if elapsed > 0 else 0.0
@@ -80,6 +101,21 @@ def replay(args: argparse.Namespace) -> int:
             tail=(("time", f"{elapsed:.2f} s ({rate:,.0f} lines/s)"),),
         )
     return 0
+
+
+def _config_input(flag: Path | None) -> dict[str, Path]:
+    """The configuration file as an input that no output may overwrite."""
+    path = config_path(flag)
+    return {} if path is None else {"the configuration": path}
+
+
+def _refuse_collisions(inputs: Mapping[str, str | Path], outputs: Mapping[str, Path]) -> None:
+    """One line and exit 2, before anything is opened for writing, when an output would
+    overwrite an input or another output (`streaming.files.refuse_collisions`)."""
+    try:
+        refuse_collisions(inputs, outputs)
+    except OutputCollisionError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _stem(path: Path) -> str:
@@ -109,10 +145,12 @@ def simulate(args: argparse.Namespace) -> int:
     spec = SimulationSpec(
         seed=args.seed, hours=args.hours, merchants=args.merchants, incidents=not args.no_incidents
     )
+    _refuse_collisions({}, {"--out": args.out, "--labels": labels})
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         labels.parent.mkdir(parents=True, exist_ok=True)
-        stats = write_simulation(spec, args.out, labels)
+        with atomic_paths(args.out, labels) as (out_temp, labels_temp):
+            stats = write_simulation(spec, out_temp, labels_temp)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from exc
     print(f"wrote {args.out} and {labels}: {stats}", file=sys.stderr)
@@ -141,12 +179,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _log_to_stderr() -> logging.Logger:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is a line per connection
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO names URLs; Slack's is a secret
-    return logging.getLogger("posmon")
+    return log_to_stderr()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -279,10 +312,19 @@ def report(args: argparse.Namespace) -> int:
         raise UsageError(
             f"posmon report needs matplotlib: pip install 'posmon[report]' ({exc})"
         ) from exc
+    # The page and the charts are written over what the folder holds: none may be an input.
+    charts = sorted(args.out.glob("*.png")) if args.out.is_dir() else []
+    outputs = {"--out": args.out, "the page": args.out / "index.html"}
+    outputs.update({f"the chart {chart.name}": chart for chart in charts})
+    _refuse_collisions(
+        {"ALERTS": args.alerts, **({"--dlq": args.dlq} if args.dlq else {})}, outputs
+    )
     try:
         page = build_report(args.alerts, args.out, dead_letters=args.dlq, title=args.title)
     except ReportError as exc:
         raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from exc
     print(f"report: {page}")
     return 0
 

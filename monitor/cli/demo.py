@@ -19,7 +19,9 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
+from monitor.channels.console import shown
 from monitor.cli.oncall import build_channels, run_dispatcher
 from monitor.cli.service import Service
 from monitor.cli.settings import MetricsSettings, Settings
@@ -230,7 +232,9 @@ def _view(service: Service, producer: _Producer, watch: _AlertWatch, elapsed: fl
     latest.add_column("detector", no_wrap=True)
     latest.add_column("summary")
     for alert in reversed(watch.latest):
-        latest.add_row(alert.last_seen.strftime("%m-%d %H:%M:%S"), alert.detector, alert.summary)
+        latest.add_row(
+            alert.last_seen.strftime("%m-%d %H:%M:%S"), alert.detector, shown(alert.summary)
+        )
     return Group(head, by_detector, latest)
 
 
@@ -248,4 +252,4 @@ def _summary(
         head=(("events produced", f"{producer.sent:,}"),),
         tail=(("notifications delivered (grouped)", f"{notifications:,}"),),
     )
-    console.print(f"notifications: {pages}", highlight=False)
+    console.print(Text.assemble("notifications: ", shown(str(pages))))

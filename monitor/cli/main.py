@@ -44,14 +44,20 @@ def parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay",
         help="score a JSONL file of events exactly as the stream would (a backtest)",
-        description="Score a JSONL file of events as the stream would, and write the alerts.",
+        description="Score a JSONL file of events as the stream would, and write the alerts."
+        " The policy comes from the same settings as `posmon run`: POSMON_... variables, then"
+        " the file. Outputs replace earlier files only when the replay completes.",
     )
     replay.add_argument("input", help="events, one JSON object per line ('-' for stdin)")
     replay.add_argument("--alerts", required=True, type=Path, help="where to write alerts (JSONL)")
     replay.add_argument(
         "--dlq", type=Path, help="where to write rejected lines (default: ALERTS.dlq.jsonl)"
     )
-    replay.add_argument("--config", type=Path, help="YAML configuration with the detection policy")
+    replay.add_argument(
+        "--config",
+        type=Path,
+        help="YAML configuration (or POSMON_CONFIG); POSMON_... variables apply as for run",
+    )
     replay.add_argument("--batch-size", type=int, default=1000, help=argparse.SUPPRESS)
     replay.add_argument("--quiet", action="store_true", help="print no summary")
     replay.set_defaults(handler=commands.replay)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from monitor.channels.console import shown
 from monitor.core.alerts import DETECTORS
 from monitor.scoring.pipeline import Stats
 from monitor.scoring.scorer import Scorer
@@ -48,8 +50,12 @@ def print_summary(
         console.print("Latest alert of each detector:")
     for detector in DETECTORS:
         alert = stats.latest.get(detector)
-        if alert is not None:
+        if alert is not None:  # the summary holds ids: shown as data, never read as markup
             console.print(
-                f"  [bold]{detector}[/bold] ({alert.severity}): {alert.summary}", highlight=False
+                Text.assemble(
+                    "  ", (detector, "bold"), f" ({alert.severity}): ", shown(alert.summary)
+                )
             )
-    console.print(f"alerts: {alerts}   dead letters: {dead_letters}", highlight=False)
+    console.print(
+        Text.assemble("alerts: ", shown(str(alerts)), "   dead letters: ", shown(str(dead_letters)))
+    )

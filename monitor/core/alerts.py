@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from monitor.core.pans import mask_pans, mask_tree
 
 Severity = Literal["info", "warning", "critical"]
 Detector = Literal[
@@ -54,6 +56,19 @@ class Alert(BaseModel):
     model_version: str | None = None
     amount_at_risk_minor: Annotated[int, Field(ge=0)] | None = None
     currency: Currency | None = None
+
+    # Every alert read is masked (`Incident.to_alert` masks the alerts it builds): a card number
+    # that slipped past the guard at decode still cannot reach a topic, a channel, a report or a
+    # console.
+    @field_validator("terminal_id", "merchant_id", "card_id", "summary")
+    @classmethod
+    def _mask_text(cls, value: str | None) -> str | None:
+        return None if value is None else mask_pans(value)
+
+    @field_validator("event_ids", "details")
+    @classmethod
+    def _mask_tree(cls, value: object) -> object:
+        return mask_tree(value)
 
 
 def alert_id(detector: str, *key: str) -> str:

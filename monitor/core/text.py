@@ -1,6 +1,9 @@
-"""How alerts write money, card tokens and durations for people (integer arithmetic only)."""
+"""How alerts write money, card tokens and durations for people (integer arithmetic only), and
+how any text is made safe to show a person (`printable`)."""
 
 from __future__ import annotations
+
+from monitor.core.pans import mask_pans
 
 # ISO 4217 currencies whose minor unit is not 1/100 of the major unit.
 _EXPONENTS = {
@@ -32,3 +35,27 @@ def short_card(card_id: str) -> str:
 
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def printable(text: str) -> str:
+    """`text` as data for a person: card numbers masked, and every character Python's `repr`
+    would escape (C0 and C1 controls, DEL, format characters such as bidi overrides and zero
+    widths, line and paragraph separators, unusual spaces, surrogates) written as its escape
+    (`\\x1b`, `\\u202e`, `\\n`).
+
+    Ids come from terminals and upstream systems: written raw they can clear a screen, emit a
+    terminal hyperlink (OSC 8), start a fake line or reverse what follows. Escaping rather than
+    dropping shows the id as it came, and leaves what follows an ESC as inert text. Card numbers
+    are masked first, on the text as it came: a no-break space or a zero width inside a card
+    number, once escaped (`\\xa0`), would cut it into pieces the masking no longer reads as one.
+    Markup of a renderer (rich, HTML, Slack) is the renderer's to escape: this is the part every
+    output shares.
+    """
+    masked = mask_pans(text)
+    if masked.isprintable():
+        return masked
+    return "".join(c if c.isprintable() else _escape_char(c) for c in masked)
+
+
+def _escape_char(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")

@@ -118,7 +118,7 @@ class Deliverer:
         self._now = now
         self._sleep = sleep
         self._stopping = stopping
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # retry jitter, not a secret  # nosec B311
         self._poll = poll_interval
 
     def deliver(self, channel: Channel, notification: Notification) -> Result:

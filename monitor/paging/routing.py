@@ -6,19 +6,26 @@ Alertmanager: channels by name (Alertmanager's receivers), an ordered list of ro
 match wins unless it says `continue: true`, a default route for the rest, and inhibition rules.
 
 Secrets never live in the YAML: a channel names the environment variable (`secret_env`) or the
-file (`secret_file`) that holds its key, and a key that looks like a raw secret is refused. A
-secret's variable never starts with `POSMON_`: that prefix names settings (`POSMON_KAFKA__TOPIC`),
-and every `POSMON_` variable is read as one.
+file (`secret_file`) that holds its key, and a key that looks like a raw secret is refused, as
+is a Slack `url` (an incoming-webhook URL is itself the credential) and a `url` that carries
+credentials (`user:password@`, or a query parameter such as `token=`). A secret's variable
+never starts with `POSMON_`: that prefix names settings (`POSMON_KAFKA__TOPIC`), and every
+`POSMON_` variable is read as one.
+
+Every timing is bounded (docs/contract.md, "Commands", Durations): a `group_wait` of `.inf` or
+of a year would accept alerts and never send them, so it is refused when the configuration is
+loaded.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from monitor.core.alerts import Alert, Detector, Severity
-from monitor.core.durations import PositiveInt, Seconds
+from monitor.core.durations import PositiveInt, PositiveSeconds, Seconds, within
 
 ChannelType = Literal["alertmanager", "pagerduty", "slack", "webhook", "console", "file"]
 GroupField = Literal["detector", "severity", "merchant_id", "terminal_id"]
@@ -30,6 +37,12 @@ RAW_SECRET_KEYS = frozenset(
     {"routing_key", "integration_key", "secret", "token", "password", "api_key"}
 )
 SETTINGS_PREFIX = "POSMON_"  # environment variables with it are settings, never secrets
+# Query parameters that carry a credential in a URL (`?token=...`, Azure's `?code=...`).
+SECRET_QUERY_PARAMETERS = frozenset(
+    {"token", "access_token", "api_key", "apikey", "key", "secret", "password", "sig"}
+    | {"signature", "auth", "code", "routing_key", "integration_key"}
+)
+HOUR, DAY = 3600.0, 86400.0
 
 
 class _Strict(BaseModel):
@@ -71,8 +84,21 @@ class ChannelConfig(_Strict):
                 )
         return data
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            _check_url(url)
+        return url
+
     @model_validator(mode="after")
     def _fields_fit_type(self) -> ChannelConfig:
+        if self.type == "slack" and self.url is not None:
+            raise ValueError(
+                "url: a Slack incoming-webhook URL is itself a secret and must not be written in"
+                " the configuration; name the environment variable (secret_env) or the file"
+                " (secret_file) that holds it"
+            )
         has_secret = self.secret_env is not None or self.secret_file is not None
         if self.secret_env is not None and self.secret_file is not None:
             raise ValueError("give secret_env or secret_file, not both")
@@ -84,8 +110,7 @@ class ChannelConfig(_Strict):
             raise ValueError(
                 "a pagerduty channel needs its routing key in secret_env or secret_file"
             )
-        if self.type == "slack" and self.url is None and not has_secret:
-            # A Slack incoming-webhook URL is itself a secret: prefer secret_env/secret_file.
+        if self.type == "slack" and not has_secret:
             raise ValueError("a slack channel needs its webhook URL in secret_env or secret_file")
         if self.type == "file" and self.path is None:
             raise ValueError("a file channel needs a path")
@@ -94,6 +119,29 @@ class ChannelConfig(_Strict):
         if self.link_template is not None:
             _check_link_template(self.link_template)
         return self
+
+
+def _check_url(url: str) -> None:
+    """Refuse a URL that carries a credential: a password before the host, or a query parameter
+    named like a secret. The message names the part, never its value."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise ValueError(
+            "url carries a password (user:password@); a secret must not be written in the"
+            " configuration"
+        )
+    named = sorted(
+        {
+            name
+            for name, _ in parse_qsl(parts.query, keep_blank_values=True)
+            if name.lower().replace("-", "_") in SECRET_QUERY_PARAMETERS
+        }
+    )
+    if named:
+        raise ValueError(
+            f"url carries a secret in its query ({', '.join(named)}=...); a secret must not be"
+            " written in the configuration"
+        )
 
 
 LINK_FIELDS = ("alert_id", "detector", "merchant_id", "terminal_id")
@@ -131,7 +179,7 @@ class StormLimit(_Strict):
     """At most `max_notifications` per `per` seconds on a route; the rest fold into one summary."""
 
     max_notifications: PositiveInt = 20
-    per: Annotated[Seconds, Field(gt=0)] = 300.0
+    per: Annotated[Seconds, within(DAY, positive=True)] = 300.0
 
 
 class Route(_Strict):
@@ -141,9 +189,9 @@ class Route(_Strict):
     match: Matcher = Matcher()
     channels: Annotated[list[Name], Field(min_length=1)]
     group_by: list[GroupField] = ["detector", "merchant_id"]
-    group_wait: Seconds = 30.0
-    group_interval: Annotated[Seconds, Field(gt=0)] = 300.0
-    repeat_interval: Annotated[Seconds, Field(gt=0)] = 4 * 3600.0
+    group_wait: Annotated[Seconds, within(HOUR)] = 30.0
+    group_interval: Annotated[Seconds, within(DAY, positive=True)] = 300.0
+    repeat_interval: PositiveSeconds = 4 * 3600.0
     storm_limit: StormLimit = StormLimit()
     continue_: bool = Field(False, alias="continue")
 
@@ -159,7 +207,7 @@ class Inhibition(_Strict):
     source: Matcher
     target: Matcher
     equal: list[Label] = ["terminal_id"]
-    hold: Annotated[Seconds, Field(gt=0)] = 900.0
+    hold: Annotated[Seconds, within(DAY, positive=True)] = 900.0
 
 
 def _default_inhibitions() -> list[Inhibition]:

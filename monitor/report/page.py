@@ -1,4 +1,5 @@
-"""The report's HTML page: figures referenced relatively, every value escaped."""
+"""The report's HTML page: figures referenced relatively, every value `printable` (card numbers
+masked, control characters such as bidi overrides escaped) and HTML-escaped."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from datetime import UTC, datetime
 from html import escape
 
 from monitor.core.alerts import DETECTORS, Alert
-from monitor.core.text import money
+from monitor.core.text import money, printable
 from monitor.report.data import MONEY_DETECTORS, MoneyRow, money_at_risk
 
 RECENT_CRITICAL = 20
+FAR_LISTED = 20
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}
@@ -24,8 +26,15 @@ img{max-width:100%;display:block;margin:.5em 0 1.5em}
 
 
 def render_html(
-    title: str, alerts: Sequence[Alert], rejects: Counter[str] | None, charts: set[str]
+    title: str,
+    alerts: Sequence[Alert],
+    rejects: Counter[str] | None,
+    charts: set[str],
+    far: Sequence[Alert] = (),
 ) -> str:
+    """The page; `far` are the alerts left off the time chart (`split_far`), listed apart."""
+    title = printable(title)
+
     def chart(name: str, alt: str, missing: str) -> str:
         if name in charts:
             return f'<img src="{name}" alt="{escape(alt)}">'
@@ -35,9 +44,10 @@ def render_html(
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
         f"</title><style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        _overview(alerts, rejects),
+        _overview(alerts, rejects, len(far)),
         "<h2>Alerts over time</h2>",
         chart("alerts_over_time.png", "alerts over time by detector", "No alerts."),
+        _far_table(far),
         "<h2>Alerts by detector</h2>",
         _detector_table(alerts),
         "<h2>Money at risk</h2>",
@@ -61,7 +71,8 @@ def render_html(
 
 
 def _time(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """`2026-11-02 12:00:00 UTC`; years before 1000 with four digits too (unlike `strftime`)."""
+    return f"{t.astimezone(UTC).replace(tzinfo=None).isoformat(' ', 'seconds')} UTC"
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[int]) -> str:
@@ -69,7 +80,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[in
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="n">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>"
+            f'<td class="n">{_cell(c)}</td>' if i in numeric else f"<td>{_cell(c)}</td>"
             for i, c in enumerate(row)
         )
         + "</tr>"
@@ -78,7 +89,11 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: set[in
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _overview(alerts: Sequence[Alert], rejects: Counter[str] | None) -> str:
+def _cell(value: str) -> str:
+    return escape(printable(value))
+
+
+def _overview(alerts: Sequence[Alert], rejects: Counter[str] | None, far: int) -> str:
     if not alerts:
         return '<p class="note">The replay raised no alerts.</p>'
     start, end = min(a.first_seen for a in alerts), max(a.last_seen for a in alerts)
@@ -87,6 +102,8 @@ def _overview(alerts: Sequence[Alert], rejects: Counter[str] | None) -> str:
         f"Alerts (distinct ids, final state): {len(alerts):,}",
         f"Occurrences they stand for (sum of count): {sum(a.count for a in alerts):,}",
     ]
+    if far:
+        items.append(f"Far from the rest in time, listed apart from the time chart: {far:,}")
     if rejects is not None:
         items.append(f"Dead letters: {sum(rejects.values()):,}")
     return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
@@ -121,6 +138,25 @@ def _money_table(rows: Sequence[MoneyRow]) -> str:
         for r in rows
     ]
     return _table(header, body, {1, 2, 3, 4})
+
+
+def _far_table(far: Sequence[Alert]) -> str:
+    """The alerts whose `first_seen` lies far from the rest (a clock reset, a typo'd year)."""
+    if not far:
+        return ""
+    rows = [
+        (_time(a.first_seen), a.detector, a.merchant_id, a.terminal_id, a.alert_id)
+        for a in far[:FAR_LISTED]
+    ]
+    more = f" ({FAR_LISTED} listed)" if len(far) > FAR_LISTED else ""
+    what = "alert" if len(far) == 1 else "alerts"
+    note = (
+        f'<p class="note">{len(far):,} {what} far from the rest in time{more}, left off the'
+        " chart so that it shows the replay rather than the years between:</p>"
+    )
+    return note + _table(
+        ("first seen", "detector", "merchant", "terminal", "alert id"), rows, set()
+    )
 
 
 def _critical_table(alerts: Sequence[Alert]) -> str:

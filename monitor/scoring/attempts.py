@@ -5,13 +5,19 @@ An attempt's *first outcome* is the earliest (by event time, then event id) of i
 outcome is a decline or a network error (docs/detectors.md, "Attempts"). The scorer applies
 every outcome, reversal, refund and debit to its attempt before any detector sees the event;
 what a detector concludes about an attempt it keeps in its own `Marks`.
+
+A reversal or refund (a *give-back*) is kept whole on the attempt of the `txn_ref` it names,
+because whether it settles anything depends on more than that reference: it must be for the
+same card and in the same currency as the money it would give back (`refusal`), and it gives
+back at most its own `amount_minor` (docs/detectors.md, "Settlement"). One that names a reference
+but not its card is not trusted: anyone can write a `txn_ref` into an event.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Final, Generic, Literal, TypeVar
 
 from monitor.core.events import Event
 
@@ -19,8 +25,37 @@ V = TypeVar("V")
 
 FAILURES = frozenset({"auth_declined", "network_error"})
 OUTCOMES = frozenset({"auth_approved", "auth_declined", "network_error"})
+GIVE_BACKS = frozenset({"reversal", "refund"})
 # The kinds the scorer applies to a purchase attempt before any detector sees them.
-ATTEMPT_KINDS = OUTCOMES | {"reversal", "refund", "debit_posted"}
+ATTEMPT_KINDS = OUTCOMES | GIVE_BACKS | {"debit_posted"}
+
+# Why a give-back naming a reference settles nothing there: the label values of
+# `posmon_settlements_ignored_total` (bounded: never an id).
+IgnoreReason = Literal["card_mismatch", "currency_mismatch"]
+IGNORE_REASONS: Final[tuple[IgnoreReason, ...]] = ("card_mismatch", "currency_mismatch")
+
+
+def refusal(give_back: Event, charge: Event) -> IgnoreReason | None:
+    """Why `give_back` cannot give back the money of `charge` (a debit, or the outcome of the
+    attempt), or None when it can: it must be for the same card, in the same currency."""
+    if give_back.card_id != charge.card_id:
+        return "card_mismatch"
+    if give_back.currency != charge.currency:
+        return "currency_mismatch"
+    return None
+
+
+def ignored_details(refused: Iterable[tuple[Event, IgnoreReason]], cap: int) -> list[object]:
+    """`details.settlements_ignored` of an alert: each give-back refused for it once, in
+    (time, event id) order, at most `cap` of them; its event id, kind and reason, never its
+    card."""
+    seen: dict[str, tuple[Event, IgnoreReason]] = {}
+    for give_back, reason in refused:
+        seen.setdefault(give_back.event_id, (give_back, reason))
+    ordered = sorted(seen.values(), key=lambda entry: (entry[0].t, entry[0].event_id))
+    return [
+        {"event_id": g.event_id, "kind": g.kind, "reason": reason} for g, reason in ordered[:cap]
+    ]
 
 
 class Attempt:
@@ -32,10 +67,10 @@ class Attempt:
         "debits",
         "first_error",
         "first_outcome",
+        "give_backs",
         "last",
         "merchant_id",
-        "refunds",
-        "reversals",
+        "refused",
         "terminal_id",
         "txn_ref",
     )
@@ -50,8 +85,10 @@ class Attempt:
         self.first_error: Event | None = None
         self.approved = False
         self.debits: list[Event] | None = None
-        self.reversals: list[int] | None = None
-        self.refunds: list[int] | None = None
+        # Its reversals and refunds, in arrival order, whoever sent them (see `refusal`).
+        self.give_backs: list[Event] | None = None
+        # The event ids of its give-backs already counted as ignored (`Attempts.refuse`).
+        self.refused: set[str] | None = None
 
     @property
     def failed(self) -> bool:
@@ -82,13 +119,21 @@ class Attempt:
         return self.debits
 
     def reversed_before(
-        self, deadline: int, *, refunds: bool = True, inclusive: bool = False
+        self,
+        deadline: int,
+        *,
+        refunds: bool = True,
+        inclusive: bool = False,
+        like: Event | None = None,
     ) -> int:
-        """How many reversals (and refunds) have an event time before `deadline`."""
+        """How many reversals (and refunds) have an event time before `deadline`; with `like`,
+        only those that can give back its money (same card, same currency: `refusal`)."""
         n = 0
-        for times in (self.reversals, self.refunds if refunds else None):
-            if times:
-                n += sum(1 for t in times if t < deadline or (inclusive and t == deadline))
+        for g in self.give_backs or ():
+            if (g.t < deadline or (inclusive and g.t == deadline)) and (
+                refunds or g.kind == "reversal"
+            ):
+                n += like is None or refusal(g, like) is None
         return n
 
 
@@ -100,13 +145,15 @@ class Attempts:
     and an indirection on the path every outcome, debit and reversal takes.
     """
 
-    __slots__ = ("_by_ref", "_cap", "_order", "_ttl", "evicted")
+    __slots__ = ("_by_ref", "_cap", "_order", "_ttl", "evicted", "ignored")
 
     def __init__(self, ttl_us: int, cap: int) -> None:
         self._ttl, self._cap = ttl_us, cap
         self._by_ref: dict[str, Attempt] = {}
         self._order: deque[tuple[int, str]] = deque()
         self.evicted = 0
+        # Give-backs a detector refused for settlement, by reason, each counted once.
+        self.ignored: dict[str, int] = dict.fromkeys(IGNORE_REASONS, 0)
 
     def __len__(self) -> int:
         return len(self._by_ref)
@@ -129,19 +176,27 @@ class Attempts:
         kind = ev.kind
         if kind == "debit_posted":
             attempt.add_debit(ev)
-        elif kind == "reversal":
-            if attempt.reversals is None:
-                attempt.reversals = [ev.t]
+        elif kind in GIVE_BACKS:
+            if attempt.give_backs is None:
+                attempt.give_backs = [ev]
             else:
-                attempt.reversals.append(ev.t)
-        elif kind == "refund":
-            if attempt.refunds is None:
-                attempt.refunds = [ev.t]
-            else:
-                attempt.refunds.append(ev.t)
+                attempt.give_backs.append(ev)
         else:
             attempt.on_outcome(ev)
         return attempt
+
+    def refuse(self, give_back: Event, reason: IgnoreReason) -> None:
+        """Count `give_back` as ignored for settlement (once, however many rules refuse it:
+        it is remembered on the attempt of the reference it names, while that lives)."""
+        attempt = self._by_ref.get(give_back.txn_ref)
+        if attempt is not None:
+            refused = attempt.refused
+            if refused is None:
+                refused = attempt.refused = set()
+            elif give_back.event_id in refused:
+                return
+            refused.add(give_back.event_id)
+        self.ignored[reason] += 1
 
     def _evict_oldest(self) -> None:
         while self._order:

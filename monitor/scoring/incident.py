@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import cast
 
 from monitor.core.alerts import Alert, Detector, Severity
 from monitor.core.events import to_datetime
+from monitor.core.pans import mask_pans, mask_tree
 
 
 @dataclass(slots=True, kw_only=True)
@@ -55,19 +57,21 @@ class Incident(ABC):
         details = self.details()
         if self.evidence_dropped:
             details["evidence_truncated"] = self.evidence_dropped
+        # model_construct skips the validators, so the texts are masked here (defence in depth:
+        # the guard at decode already refused ids holding a card number).
         return Alert.model_construct(
             alert_id=self.alert_id,
             detector=self.detector,
             severity=self.severity,
-            terminal_id=self.terminal_id,
-            merchant_id=self.merchant_id,
-            card_id=self.card_id,
+            terminal_id=mask_pans(self.terminal_id),
+            merchant_id=mask_pans(self.merchant_id),
+            card_id=None if self.card_id is None else mask_pans(self.card_id),
             first_seen=to_datetime(self.first_seen),
             last_seen=to_datetime(self.last_seen),
-            event_ids=list(self.event_ids),
+            event_ids=[mask_pans(event_id) for event_id in self.event_ids],
             count=self.count,
-            summary=self.summary,
-            details=details,
+            summary=mask_pans(self.summary),
+            details=cast(dict[str, object], mask_tree(details)),
             score=None,
             model_version=None,
             amount_at_risk_minor=self.amount_at_risk(),

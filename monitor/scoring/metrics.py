@@ -16,6 +16,7 @@ from prometheus_client import Counter as PromCounter
 from monitor import __version__
 from monitor.core.alerts import Alert
 from monitor.core.events import KINDS, REJECT_REASONS
+from monitor.scoring.attempts import IGNORE_REASONS
 from monitor.scoring.pipeline import Stats
 from monitor.scoring.scorer import Scorer
 
@@ -126,6 +127,13 @@ class Metrics:
             ["detector", "currency"],
             registry=registry,
         )
+        self.settlements_ignored = PromCounter(
+            "posmon_settlements_ignored",
+            "Reversals and refunds naming a purchase's txn_ref but not its card (or in another"
+            " currency): refused for settlement, by reason; each counted once.",
+            ["reason"],
+            registry=registry,
+        )
         self.small_attempts = PromCounter(
             "posmon_small_amount_attempts",
             "Attempts at or below the small-amount threshold (card testing watches these).",
@@ -174,6 +182,9 @@ class Metrics:
                 self.money_at_risk.labels(detector=detector, currency=currency)
         for reason in REJECT_REASONS:  # an alert on the first conflict or internal error, too
             self.rejected.labels(reason=reason)
+        for reason in IGNORE_REASONS:  # and on the first forged settlement
+            self.settlements_ignored.labels(reason=reason)
+        self._last_ignored: Counter[str] = Counter()
         self._money_counted: dict[str, int] = {}  # alert_id -> debited_minor already counted
         self._last_small = 0
         self._last_rebalances = 0
@@ -201,6 +212,7 @@ class Metrics:
         newest_event_lag: float | None,
         watermark_s: float | None,
         future: int = 0,
+        settlements_ignored: Mapping[str, int] | None = None,
     ) -> None:
         """Advance the series by what the cumulative tallies say happened since the last call."""
         for kind, total in consumed.items():
@@ -225,6 +237,11 @@ class Metrics:
         if future > self._last_future:
             self.future.inc(future - self._last_future)
             self._last_future = future
+        for reason, total in (settlements_ignored or {}).items():
+            delta = total - self._last_ignored[reason]
+            if delta > 0:
+                self.settlements_ignored.labels(reason=reason).inc(delta)
+                self._last_ignored[reason] = total
         for detector, severity in new_alerts:
             self.alerts.labels(detector=detector, severity=severity).inc()
         for alert in emitted:
@@ -246,6 +263,7 @@ class Metrics:
         self._last_late = scorer.late
         self._last_future = scorer.watermark.future
         self._last_small = scorer.small_attempts
+        self._last_ignored = Counter(scorer.attempts.ignored)
 
     def observe_scorer(
         self,
@@ -270,6 +288,7 @@ class Metrics:
             newest_event_lag=newest_event_lag,
             watermark_s=watermark_s,
             future=scorer.watermark.future,
+            settlements_ignored=scorer.attempts.ignored,
         )
 
     def _count_money(self, alert: Alert) -> None:

@@ -3,7 +3,7 @@
 It is the `policy:` section of the YAML configuration (`monitor.cli.settings` reads the file).
 Unknown keys are rejected (a typo must not silently fall back to a default), every default is
 the contract's (docs/detectors.md), durations are written as seconds or with a unit (`90s`,
-`15m`, `24h`, `1d`).
+`15m`, `24h`, `1d`), finite and at most 31 days (`monitor.core.durations`).
 
 `Detectors` is also the registry of detectors: one field per detector, each typed with the
 settings class of the detector's module, which builds it. Their order is the scorer's: it
@@ -12,11 +12,9 @@ breaks ties between decisions due at the same moment.
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from monitor.core.durations import PositiveInt, Seconds
+from monitor.core.durations import PositiveInt, PositiveSeconds, Seconds
 from monitor.scoring.detectors.base import DetectorSettings
 from monitor.scoring.detectors.duplicate_debit import Settings as DuplicateDebit
 from monitor.scoring.detectors.failed_then_debited import Settings as FailedThenDebited
@@ -63,7 +61,7 @@ class Policy(_Strict):
 
     allowed_lateness: Seconds = 120.0
     # An event further ahead of its partition's newest time holds back (docs/detectors.md, "Time").
-    max_future_skew: Annotated[Seconds, Field(gt=0)] = 600.0
+    max_future_skew: PositiveSeconds = 600.0
     state: StateLimits = StateLimits()
     detectors: Detectors = Detectors()
 

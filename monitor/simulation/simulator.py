@@ -106,7 +106,8 @@ class Simulation:
         max_jitter_us = max(min(60 * US_PER_S, lateness_us // 2), 1)
 
         def rng(purpose: str) -> random.Random:
-            return random.Random(f"posmon-sim:{spec.seed}:{purpose}")
+            # Seeded simulated traffic, reproducible on purpose (not a secret).
+            return random.Random(f"posmon-sim:{spec.seed}:{purpose}")  # nosec B311
 
         cards = CARDS_PER_MERCHANT * spec.merchants + 200
         world = build_world(rng("world"), spec.merchants, cards)

@@ -2,7 +2,13 @@
 
 A plain model, importable without the Kafka client (`client.client_config` turns it into
 kafka-python's keyword arguments). Secrets (`sasl_password`, `ssl_password`) are `SecretStr`:
-masked in repr, str and JSON.
+masked in repr, str and JSON, and never written in the YAML: the configuration loader refuses
+them there (`monitor.cli.settings`), so they come from `POSMON_KAFKA__SASL_PASSWORD` and
+`POSMON_KAFKA__SSL_PASSWORD`.
+
+Every timeout is bounded (docs/contract.md, "Commands", Durations): the Kafka protocol carries
+them as 32-bit milliseconds, and a poll that waits for minutes would hold up a stop and trip
+`/healthz`.
 """
 
 from __future__ import annotations
@@ -11,9 +17,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from monitor.core.durations import Seconds
+from monitor.core.durations import Seconds, within
 
-PositiveMs = Annotated[int, Field(gt=0)]
+HOUR_MS = 3_600_000
+PositiveMs = Annotated[int, Field(gt=0, le=HOUR_MS)]  # a timeout: at most an hour
+PollMs = Annotated[int, Field(ge=0, le=60_000)]  # a wait inside the loop: at most a minute
 
 
 class KafkaSettings(BaseModel):
@@ -31,19 +39,18 @@ class KafkaSettings(BaseModel):
     client_id: str = "posmon"
     session_timeout_ms: PositiveMs = 10_000
     heartbeat_interval_ms: PositiveMs = 3_000
-    fetch_max_wait_ms: Annotated[int, Field(ge=0)] = 10
-    max_poll_records: PositiveMs = (
-        2000  # bigger batches: fewer commits (500 gave 40k/s, 2000 57k/s)
-    )
-    poll_timeout_ms: Annotated[int, Field(ge=0)] = 100
-    idle_partition_s: Seconds = 30.0
+    fetch_max_wait_ms: PollMs = 10
+    # Bigger batches: fewer commits (500 gave 40k/s, 2000 57k/s).
+    max_poll_records: Annotated[int, Field(gt=0, le=1_000_000)] = 2000
+    poll_timeout_ms: PollMs = 100
+    idle_partition_s: Annotated[Seconds, within(86400.0)] = 30.0
     rebuild: Literal["beginning", "committed"] = "beginning"
     request_timeout_ms: PositiveMs = 30_000
     delivery_timeout_ms: PositiveMs = 120_000
     max_block_ms: PositiveMs = 60_000
     # `posmon run` and `dispatch` wait this long for a first answer from the bootstrap servers
     # (logging each retry, /readyz 503), then exit 2; 0 means a single attempt.
-    startup_timeout: Seconds = 60.0
+    startup_timeout: Annotated[Seconds, within(86400.0)] = 60.0
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

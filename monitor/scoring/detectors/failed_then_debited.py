@@ -2,15 +2,21 @@
 
 Each debit is decided once the watermark passes `debit time + reversal_grace`: it is matched to a
 failed attempt (its own `txn_ref`, or for a manual debit with a fresh reference the latest
-unmatched failure with the same card, terminal and amount shortly before), and fires unless a
-reversal or refund came within the grace. Cases of one card at one terminal within
-`group_window` grow one alert instead of paging again.
+unmatched failure with the same card, terminal and amount shortly before), and fires unless
+reversals or refunds within the grace gave its whole amount back. Cases of one card at one
+terminal within `group_window` grow one alert instead of paging again.
 
-A reversal or refund that comes after the grace, up to `group_window` after the debit, still
-gives the money back: the case is marked `given_back` (every case of that reference: a failed
-attempt can be matched by its own debit and by a manual one), and once every case of the alert
-is, the alert is re-emitted with `details.resolved = true` (the dispatcher resolves it on the
-channels that support it). The horizon is on event time, so when a give-back is seen (before the
+Only a give-back naming the attempt's or the debit's `txn_ref`, for the debit's card and in its
+currency, gives anything back, and at most its own amount, shared among the cases naming it
+(`Ledger`): anyone can write a reference into an event, so a reversal of one minor unit from
+another card must not silence a critical alert. Those refused are counted and listed in the
+alert (`details.settlements_ignored`). What the give-backs within the grace leave is the amount
+at risk.
+
+Give-backs after the grace, up to `group_window` after the debit, still give money back: once
+they cover what was at risk the case is `given_back`, and once every case of the alert is, the
+alert is re-emitted with `details.resolved = true` (the dispatcher resolves it on the channels
+that support it). The horizon is on event time, so when a give-back is seen (before the
 decision or after it, whatever the batch boundaries) never changes the outcome.
 """
 
@@ -23,7 +29,15 @@ from monitor.core.alerts import Severity, alert_id
 from monitor.core.durations import Seconds, us
 from monitor.core.events import Event
 from monitor.core.text import minutes, money, short_card
-from monitor.scoring.attempts import FAILURES, Attempt, Attempts, Marks
+from monitor.scoring.attempts import (
+    FAILURES,
+    Attempt,
+    Attempts,
+    IgnoreReason,
+    Marks,
+    ignored_details,
+    refusal,
+)
 from monitor.scoring.detectors.base import (
     Deadline,
     DetectorSettings,
@@ -52,16 +66,67 @@ class Settings(DetectorSettings):
 
 
 @dataclass(slots=True)
+class Offset:
+    """The part of one reversal or refund that gives back a case's money."""
+
+    event_id: str
+    kind: str
+    amount_minor: int
+    in_grace: bool  # before the decision's deadline: it lowered the amount at risk
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "event_id": self.event_id,
+            "kind": self.kind,
+            "amount_minor": self.amount_minor,
+            "in_grace": self.in_grace,
+        }
+
+
+@dataclass(slots=True, kw_only=True)
 class Case:
-    """One failed attempt debited anyway (`linked`: by a debit of its own `txn_ref`)."""
+    """One failed attempt debited (`linked`: by a debit of its own `txn_ref`), and what of its
+    money the give-backs that can settle it (same reference, card and currency) gave back."""
 
     txn_ref: str
     debit_txn_ref: str
     failure: str
     response_code: str | None
-    amount_minor: int
-    linked: bool
-    given_back: bool = False
+    debit: Event
+    deadline: int  # the debit's time plus the grace
+    horizon: int  # the latest give-back that still gives its money back
+    offsets: list[Offset] = field(default_factory=list)
+    offset_minor: int = 0  # given back within the grace
+    given_back_minor: int = 0  # given back after it
+    ignored: list[tuple[Event, IgnoreReason]] = field(default_factory=list)
+
+    @property
+    def amount_minor(self) -> int:
+        return self.debit.amount_minor
+
+    @property
+    def at_risk_minor(self) -> int:
+        """What the give-backs within the grace left of the debit: what the alert counts."""
+        return self.amount_minor - self.offset_minor
+
+    @property
+    def settled(self) -> bool:
+        """Given back in full within the grace: no alert."""
+        return self.at_risk_minor <= 0 and any(o.in_grace for o in self.offsets)
+
+    @property
+    def given_back(self) -> bool:
+        """What was at risk was given back after the grace."""
+        return self.given_back_minor >= self.at_risk_minor and any(
+            not o.in_grace for o in self.offsets
+        )
+
+    def takes(self, give_back: Event) -> bool:
+        """Does `give_back` name this case and come by its horizon (of its card or not)?"""
+        return give_back.t <= self.horizon and give_back.txn_ref in (
+            self.txn_ref,
+            self.debit_txn_ref,
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -70,8 +135,12 @@ class Case:
             "failure": self.failure,
             "response_code": self.response_code,
             "amount_minor": self.amount_minor,
-            "linked": self.linked,
+            "linked": self.txn_ref == self.debit_txn_ref,
+            "offset_minor": self.offset_minor,
+            "at_risk_minor": self.at_risk_minor,
+            "given_back_minor": self.given_back_minor,
             "given_back": self.given_back,
+            "offsets": [offset.as_dict() for offset in self.offsets],
         }
 
 
@@ -101,19 +170,64 @@ class GhostDebits(Incident):
             "cases": [case.as_dict() for case in self.cases],
             "debited_minor": self.debited_minor,
             "resolved": self.resolved,
+            "settlements_ignored": ignored_details(
+                (entry for case in self.cases for entry in case.ignored), self.max_evidence
+            ),
         }
 
     def amount_at_risk(self) -> int:
-        return self.debited_minor
+        return sum(case.at_risk_minor for case in self.cases)
 
 
-@dataclass(slots=True, frozen=True)
-class _OpenCase:
-    """A case that fired and that a give-back up to `horizon` (event time) settles."""
+@dataclass(slots=True, eq=False)
+class Ledger:
+    """The decided cases that share a reference (a failed attempt matched by its own debit and
+    by a manual one; a manual reference debited twice), with the give-backs naming any of
+    those references: one give-back's amount is shared out among them, never counted twice.
 
-    horizon: int
-    incident: GhostDebits
-    case: Case
+    The sharing is recomputed from scratch whenever a case or a give-back joins (both are
+    rare): give-backs in (time, event id) order, each offered to the cases in decision order.
+    That makes it a function of what was seen, not of the order it arrived in, and the part
+    of a case's money given back within its grace never changes once it is decided (any
+    give-back arriving later is later than its deadline)."""
+
+    refs: set[str] = field(default_factory=set)
+    cases: list[Case] = field(default_factory=list)
+    give_backs: dict[str, Event] = field(default_factory=dict)
+    counted: set[str] = field(default_factory=set)  # event ids counted as ignored
+    fired: list[tuple[Case, GhostDebits]] = field(default_factory=list)  # cases that alerted
+
+    def settle(self) -> None:
+        """Share the give-backs out again; note on each case those refused for it."""
+        for case in self.cases:
+            case.offsets, case.ignored = [], []
+            case.offset_minor = case.given_back_minor = 0
+        for give_back in sorted(self.give_backs.values(), key=_time_and_id):
+            left = give_back.amount_minor
+            for case in self.cases:
+                if not case.takes(give_back):
+                    continue
+                reason = refusal(give_back, case.debit)
+                if reason is not None:
+                    case.ignored.append((give_back, reason))
+                    continue
+                need = case.amount_minor - case.offset_minor - case.given_back_minor
+                take = min(left, need)
+                if (need == 0 and case.offsets) or (take == 0 and need > 0):
+                    continue  # already covered, or nothing left of this give-back
+                in_grace = give_back.t < case.deadline
+                case.offsets.append(
+                    Offset(give_back.event_id, give_back.kind, take, in_grace=in_grace)
+                )
+                if in_grace:
+                    case.offset_minor += take
+                else:
+                    case.given_back_minor += take
+                left -= take
+
+
+def _time_and_id(ev: Event) -> tuple[int, str]:
+    return ev.t, ev.event_id
 
 
 class FailedThenDebited(Deadline[Event]):
@@ -131,8 +245,8 @@ class FailedThenDebited(Deadline[Event]):
         self._matched: Marks[bool] = Marks(shared.attempts)
         # (card, terminal) -> the alert its cases grow while within group_window
         self._groups: Expiring[GhostDebits] = Expiring(self.group_window, shared.cap)
-        # txn_ref (the attempt's or the debit's) -> the open cases a late give-back would settle
-        self._open_cases: Expiring[list[_OpenCase]] = Expiring(self.group_window, shared.cap)
+        # txn_ref (an attempt's or a debit's) -> the ledger of the decided cases naming it
+        self._ledgers: Expiring[Ledger] = Expiring(self.group_window, shared.cap)
 
     def hooks(self) -> Hooks:
         return Hooks(
@@ -178,12 +292,23 @@ class FailedThenDebited(Deadline[Event]):
         if match is None:
             return None
         self._matched.put(match, True)
-        due = debit.t + self.grace
-        if match.reversed_before(due) or (
-            own is not None and own is not match and own.reversed_before(due)
-        ):
+        failure = match.first_outcome
+        assert failure is not None  # a matched attempt is failed: it has a first outcome
+        case = Case(
+            txn_ref=match.txn_ref,
+            debit_txn_ref=debit.txn_ref,
+            failure=failure.kind,
+            response_code=failure.response_code,
+            debit=debit,
+            deadline=debit.t + self.grace,
+            horizon=debit.t + self.group_window,
+        )
+        ledger = self._join(case)
+        if case.settled:
             return None
-        return self._record_case(match, debit, own)
+        incident = self._record_case(failure, case)
+        ledger.fired.append((case, incident))
+        return incident
 
     def _unlinked_match(self, debit: Event) -> Attempt | None:
         """The latest unmatched failed attempt whose failure lies in [debit - window, debit]."""
@@ -202,25 +327,84 @@ class FailedThenDebited(Deadline[Event]):
                     best, best_key = attempt, key
         return best
 
-    def _record_case(self, attempt: Attempt, debit: Event, own: Attempt | None) -> GhostDebits:
-        failure = attempt.first_outcome
-        assert failure is not None  # a matched attempt is failed: it has a first outcome
-        key = f"{attempt.card_id}\x1f{attempt.terminal_id}"
+    def _join(self, case: Case) -> Ledger:
+        """Put a decided case in the ledger of its references (merging ledgers it links), with
+        every give-back of those references seen so far, and share the give-backs out."""
+        refs = (case.txn_ref, case.debit_txn_ref)
+        found: list[Ledger] = []
+        for ref in refs:
+            ledger = self._ledgers.get(ref)
+            if ledger is not None and all(ledger is not f for f in found):
+                found.append(ledger)
+        ledger = max(found, key=lambda f: len(f.cases)) if found else Ledger()
+        for other in found:
+            if other is not ledger:
+                ledger.refs |= other.refs
+                ledger.cases.extend(other.cases)
+                ledger.give_backs.update(other.give_backs)
+                ledger.counted |= other.counted
+                ledger.fired.extend(other.fired)
+        ledger.refs.update(refs)
+        ledger.cases.append(case)
+        ledger.cases.sort(key=_decision_order)
+        t = case.debit.t
+        for ref in ledger.refs:
+            if self._ledgers.touch(ref, t) is not ledger:
+                self._ledgers.put(ref, t, ledger)
+        for ref in refs:
+            attempt = self._attempts.get(ref)
+            for give_back in (attempt.give_backs or ()) if attempt is not None else ():
+                self._add_give_back(ledger, give_back)
+        self._settle(ledger)
+        return ledger
+
+    def _add_give_back(self, ledger: Ledger, give_back: Event) -> bool:
+        """Hold `give_back` in `ledger` (False: already held, past every case's horizon, or the
+        ledger is full: at most `max_evidence` give-backs are shared out, so a flood of them
+        costs bounded work)."""
+        if give_back.event_id in ledger.give_backs or not any(
+            case.takes(give_back) for case in ledger.cases
+        ):
+            return False
+        if len(ledger.give_backs) >= self.max_evidence:
+            for case in ledger.cases:
+                reason = refusal(give_back, case.debit) if case.takes(give_back) else None
+                if reason is not None:
+                    self._attempts.refuse(give_back, reason)  # still counted, not listed
+                    break
+            return False
+        ledger.give_backs[give_back.event_id] = give_back
+        return True
+
+    def _settle(self, ledger: Ledger) -> None:
+        ledger.settle()
+        for case in ledger.cases:
+            for give_back, reason in case.ignored:
+                if give_back.event_id not in ledger.counted:
+                    ledger.counted.add(give_back.event_id)
+                    self._attempts.refuse(give_back, reason)
+
+    def _record_case(self, failure: Event, case: Case) -> GhostDebits:
+        """Add a case that fired to the alert of its card at its terminal. The alert names the
+        failure's card, terminal and merchant: the attempt's own were taken from whichever of
+        its events came first, which may be a give-back anyone could have sent."""
+        debit = case.debit
+        key = f"{failure.card_id}\x1f{failure.terminal_id}"
         incident = self._groups.get(key)
         if incident is None or debit.t - incident.first_debit_t > self.group_window:
             incident = GhostDebits(
-                alert_id=alert_id(NAME, attempt.card_id, attempt.terminal_id, attempt.txn_ref),
+                alert_id=alert_id(NAME, failure.card_id, failure.terminal_id, case.txn_ref),
                 detector=NAME,
                 severity=self.settings.severity,
-                terminal_id=attempt.terminal_id,
-                merchant_id=attempt.merchant_id,
-                card_id=attempt.card_id,
+                terminal_id=failure.terminal_id,
+                merchant_id=failure.merchant_id,
+                card_id=failure.card_id,
                 first_seen=failure.t,
                 last_seen=debit.t,
                 max_evidence=self.max_evidence,
                 count=0,
                 currency=debit.currency,
-                txn_ref=attempt.txn_ref,
+                txn_ref=case.txn_ref,
                 first_debit_t=debit.t,
                 reversal_grace_s=self.settings.reversal_grace,
             )
@@ -228,39 +412,24 @@ class FailedThenDebited(Deadline[Event]):
         incident.count += 1
         incident.add_evidence(failure.t, failure.event_id)
         incident.add_evidence(debit.t, debit.event_id)
-        case = Case(
-            txn_ref=attempt.txn_ref,
-            debit_txn_ref=debit.txn_ref,
-            failure=failure.kind,
-            response_code=failure.response_code,
-            amount_minor=debit.amount_minor,
-            linked=debit.txn_ref == attempt.txn_ref,
-        )
         incident.cases.append(case)
         incident.summary = self._summary(incident, failure, debit.currency)
-        # A give-back already known (it came after the grace, but before this decision).
-        horizon = debit.t + self.group_window
-        if _given_back(attempt, horizon) or (
-            own is not None and own is not attempt and _given_back(own, horizon)
-        ):
-            case.given_back = True
-        else:
-            open_case = _OpenCase(horizon, incident, case)
-            for ref in {attempt.txn_ref, debit.txn_ref}:
-                self._open_cases.get_or_create(ref, debit.t, list).append(open_case)
         return incident
 
     def on_give_back(self, ev: Event, attempt: Attempt) -> Found:
-        """A reversal or refund: the incidents whose fired cases it settles."""
-        cases = self._open_cases.get(ev.txn_ref)
-        if cases is None:
+        """A reversal or refund naming a decided case: share the ledger's give-backs out again;
+        the alerts whose cases it changed (given back, or a give-back refused) are emitted."""
+        ledger = self._ledgers.get(ev.txn_ref)
+        if ledger is None or not self._add_give_back(ledger, ev):
             return None
-        settled = []
-        for open_case in cases:
-            if not open_case.case.given_back and ev.t <= open_case.horizon:
-                open_case.case.given_back = True
-                settled.append(open_case.incident)
-        return settled or None
+        before = [_shown(case) for case, _ in ledger.fired]
+        self._settle(ledger)
+        changed = {
+            incident.alert_id: incident
+            for (case, incident), shown in zip(ledger.fired, before, strict=True)
+            if _shown(case) != shown
+        }
+        return list(changed.values()) or None
 
     def _summary(self, incident: GhostDebits, failure: Event, currency: str) -> str:
         amounts = [case.amount_minor for case in incident.cases]
@@ -269,24 +438,35 @@ class FailedThenDebited(Deadline[Event]):
         else:
             debited = f"{len(amounts)} times, {money(sum(amounts), currency)} in all,"
         assert incident.card_id is not None  # a ghost debit always names its card
+        grace = minutes(self.settings.reversal_grace)
+        at_risk = incident.amount_at_risk()
+        given_back = (
+            f" no reversal after {grace}"
+            if at_risk == incident.debited_minor
+            else f" {money(at_risk, currency)} not given back after {grace}"
+        )
         return (
             f"Card {short_card(incident.card_id)} debited {debited} at terminal"
             f" {incident.terminal_id} after {_FAILURE_WORDS.get(failure.kind, failure.kind)},"
-            f" no reversal after {minutes(self.settings.reversal_grace)}"
+            + given_back
         )
 
     def sweep(self, watermark: int) -> None:
         self._failed.expire(watermark)
         self._matched.sweep()
         self._groups.expire(watermark)
-        self._open_cases.expire(watermark)
+        self._ledgers.expire(watermark)
 
 
 def _failure_key(card_id: str, terminal_id: str, amount_minor: int) -> str:
     return f"{card_id}\x1f{terminal_id}\x1f{amount_minor}"
 
 
-def _given_back(attempt: Attempt, horizon: int) -> bool:
-    """Has `attempt` a reversal or refund by `horizon`? At the decision, any it has came after
-    the grace (one before would have cancelled the case)."""
-    return attempt.reversed_before(horizon, inclusive=True) > 0
+def _decision_order(case: Case) -> tuple[int, str]:
+    """Cases are decided in (deadline, debit event id) order (docs/detectors.md, "Time")."""
+    return case.deadline, case.debit.event_id
+
+
+def _shown(case: Case) -> tuple[dict[str, object], int]:
+    """What an alert shows of a case: a change of it is a new version of the alert."""
+    return case.as_dict(), len(case.ignored)

@@ -1,4 +1,10 @@
-"""`missing_reversal`: a network error whose attempt gets no reversal within the timeout."""
+"""`missing_reversal`: a network error whose attempt gets no reversal within the timeout.
+
+Only a reversal of the attempt's `txn_ref` for the network error's card and in its currency
+counts (docs/detectors.md, "Settlement"): one naming the reference for another card or currency
+could be anybody's, so it is refused, counted and listed in the alert. Its amount is not
+checked: the reversal of a timed-out authorisation cancels it, it gives no money back.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,14 @@ from monitor.core.alerts import alert_id
 from monitor.core.durations import Seconds, us
 from monitor.core.events import Event
 from monitor.core.text import minutes, money, short_card
-from monitor.scoring.attempts import Attempt, Marks
+from monitor.scoring.attempts import (
+    Attempt,
+    Attempts,
+    IgnoreReason,
+    Marks,
+    ignored_details,
+    refusal,
+)
 from monitor.scoring.detectors.base import (
     Deadline,
     DetectorSettings,
@@ -38,6 +51,7 @@ class UnreversedError(Incident):
     txn_ref: str
     amount_minor: int
     reversal_timeout_s: float
+    ignored: list[tuple[Event, IgnoreReason]]
 
     def details(self) -> dict[str, object]:
         return {
@@ -45,6 +59,7 @@ class UnreversedError(Incident):
             "amount_minor": self.amount_minor,
             "currency": self.currency,
             "reversal_timeout_s": self.reversal_timeout_s,
+            "settlements_ignored": ignored_details(self.ignored, self.max_evidence),
         }
 
 
@@ -53,6 +68,7 @@ class MissingReversal(Deadline[Attempt]):
         self.settings = settings
         self.timeout = us(settings.reversal_timeout)
         self.max_evidence = shared.max_evidence
+        self._attempts: Attempts = shared.attempts
         self.timers: Timers[Attempt] = Timers(rank)
         self._decided: Marks[bool] = Marks(shared.attempts)
 
@@ -73,7 +89,17 @@ class MissingReversal(Deadline[Attempt]):
         if error is None or self._decided.get(attempt):
             return None
         self._decided.put(attempt, True)
-        if attempt.reversed_before(error.t + self.timeout, refunds=False, inclusive=True):
+        due = error.t + self.timeout
+        cancelled, ignored = False, []
+        for give_back in attempt.give_backs or ():
+            if give_back.kind == "reversal" and give_back.t <= due:
+                reason = refusal(give_back, error)
+                if reason is None:
+                    cancelled = True
+                else:
+                    ignored.append((give_back, reason))
+                    self._attempts.refuse(give_back, reason)
+        if cancelled:
             return None
         return UnreversedError(
             alert_id=alert_id(NAME, attempt.txn_ref),
@@ -95,6 +121,7 @@ class MissingReversal(Deadline[Attempt]):
             txn_ref=attempt.txn_ref,
             amount_minor=error.amount_minor,
             reversal_timeout_s=self.settings.reversal_timeout,
+            ignored=ignored,
         )
 
     def sweep(self, watermark: int) -> None:
