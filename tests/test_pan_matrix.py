@@ -146,6 +146,15 @@ def test_replay_and_report_show_no_card_number(traffic: list[bytes], tmp_path: P
     assert_clean("report", report.stdout + report.stderr + (out / "index.html").read_bytes())
 
 
+def test_an_error_line_quoting_a_path_shows_no_card_number_and_no_escape(tmp_path: Path) -> None:
+    missing = tmp_path / f"card {PANS[0]} \x1b]8;;https://evil.example\x1b\\.jsonl"
+    replay = _posmon("replay", missing, "--alerts", tmp_path / "alerts.jsonl")
+    assert replay.returncode == 2
+    assert replay.stderr.count(b"\n") == 1
+    assert b"\x1b" not in replay.stderr
+    assert_clean("error line", replay.stderr)
+
+
 def hostile_alerts() -> list[Alert]:
     """Alerts as a foreign producer could write them: every text field holding a card number."""
     alerts = []

@@ -2,7 +2,8 @@
 
 A problem the user can fix (a missing file, a bad config, a Kafka broker that does not answer
 within `kafka.startup_timeout`) ends the command with one line on stderr and exit status 2,
-never a traceback. The handlers are in `commands`.
+never a traceback; the line is `printable` (it can quote a path or a value from the input).
+The handlers are in `commands`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from monitor import __version__
 from monitor.cli import commands
 from monitor.cli.settings import ConfigError
+from monitor.core.text import printable
 from monitor.streaming.connect import BrokerUnreachable
 
 
@@ -23,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.handler(args)
     except (commands.UsageError, ConfigError, BrokerUnreachable) as exc:
-        print(f"posmon: error: {exc}", file=sys.stderr)
+        print(f"posmon: error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("posmon: interrupted", file=sys.stderr)
