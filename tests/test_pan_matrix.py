@@ -6,6 +6,7 @@ after NFKC and after undoing JSON escapes."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from monitor.channels.file import FileChannel
 from monitor.channels.pagerduty import PagerDutyChannel
 from monitor.channels.slack import SlackChannel
 from monitor.channels.webhook import WebhookChannel
+from monitor.cli.logs import log_to_stderr
 from monitor.core.alerts import Alert
 from monitor.core.events import Event, Rejection, decode
 from monitor.paging.notification import Notification
@@ -153,6 +155,22 @@ def test_an_error_line_quoting_a_path_shows_no_card_number_and_no_escape(tmp_pat
     assert replay.stderr.count(b"\n") == 1
     assert b"\x1b" not in replay.stderr
     assert_clean("error line", replay.stderr)
+
+
+def test_log_lines_are_masked_and_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    log_to_stderr(logging.WARNING)
+    log = logging.getLogger("posmon.test")
+    for pan in PANS:
+        for name, form in forms(pan).items():
+            log.warning("%s: %s \x1b[2J", name, json.loads(f'"{form}"'))
+    try:
+        raise ValueError(f"bad value {PANS[0]}")
+    except ValueError:
+        log.exception("with a traceback")
+    err = capsys.readouterr().err
+    assert err.count("WARNING posmon.test") == len(PANS) * len(forms(PANS[0]))
+    assert "\x1b" not in err and "ValueError" in err
+    assert_clean("log lines", err)
 
 
 def hostile_alerts() -> list[Alert]:

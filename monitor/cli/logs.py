@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Final
+import sys
+from typing import Final, TextIO
 
 from monitor.core.pans import mask_pans
 
@@ -26,11 +27,32 @@ class MaskingFormatter(logging.Formatter):
         return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line)
 
 
-def log_to_stderr() -> logging.Logger:
-    """Log INFO and above to stderr through `MaskingFormatter`; returns the `posmon` logger."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+class _Stderr(logging.StreamHandler[TextIO]):
+    """Writes to whatever `sys.stderr` is when a line is logged (as Python's last-resort handler
+    does), not the stream of the moment it was made: in-process callers swap it."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
+def log_to_stderr(level: int = logging.INFO) -> logging.Logger:
+    """Log `level` and above to stderr through `MaskingFormatter`; returns the `posmon` logger.
+
+    `main` calls it with WARNING for every command (so that no warning reaches Python's
+    unformatted last-resort handler), `run` and `dispatch` again with INFO: the handler is
+    installed once, the level is the last one asked for.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, MaskingFormatter) for h in root.handlers):
+        handler = _Stderr()
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is a line per connection
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO names URLs; Slack's is a secret
     return logging.getLogger("posmon")

@@ -9,12 +9,14 @@ The handlers are in `commands`.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from monitor import __version__
 from monitor.cli import commands
+from monitor.cli.logs import log_to_stderr
 from monitor.cli.settings import ConfigError
 from monitor.core.text import printable
 from monitor.streaming.connect import BrokerUnreachable
@@ -22,6 +24,7 @@ from monitor.streaming.connect import BrokerUnreachable
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    log_to_stderr(logging.WARNING)
     try:
         status: int = args.handler(args)
     except (commands.UsageError, ConfigError, BrokerUnreachable) as exc:
