@@ -34,9 +34,11 @@ from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
+from monitor.cli.anomaly import DEFAULT_MODEL
 from monitor.core.alerts import Alert
 from monitor.core.batches import Batch
 from monitor.core.events import Rejection
+from monitor.scoring.model import ModelSlot, load_model
 from monitor.scoring.pipeline import Stats, run
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
@@ -60,13 +62,15 @@ def simulated(events: int, seed: int = 5) -> list[bytes]:
 def throughput(events: int, runs: int) -> None:
     """Each run on a fresh broker holding only the benchmark's topic, so that runs are
     independent (no groups, commits or alert records of an earlier run are left in it). Each run
-    times kafka-python's bare poll loop and then posmon's loop on the same records, so their
-    ratio is measured in one run, on one machine state."""
+    times kafka-python's bare poll loop and then posmon's loop on the same records, without and
+    with the shipped anomaly model, so their ratios are measured in one run, on one machine
+    state."""
     lines = simulated(events)
     gc.collect()  # as `posmon run` does (monitor/cli/commands.py): no cycle collector while scoring
     gc.freeze()
     gc.disable()
-    raw, rates = [], []
+    raw, rates, modelled = [], [], []
+    model = load_model(DEFAULT_MODEL)
     for n in range(runs):
         with EmbeddedBroker() as broker:  # started before pinning: it keeps the other core
             topic = "bench.throughput"
@@ -76,9 +80,17 @@ def throughput(events: int, runs: int) -> None:
             with _pinned_to_one_core():
                 raw.append(_bare_poll(base.model_copy(update={"group": "bench-raw"}), len(lines)))
                 rates.append(_posmon(base.model_copy(update={"group": "bench"}), len(lines)))
+                modelled.append(
+                    _posmon(
+                        base.model_copy(update={"group": "bench-model"}),
+                        len(lines),
+                        ModelSlot(live=model),
+                    )
+                )
         print(
             f"  run {n + 1}: bare poll {raw[-1]:,.0f} messages/s,"
-            f" posmon {rates[-1]:,.0f} events/s ({rates[-1] / raw[-1]:.2f} of the bare loop)"
+            f" posmon {rates[-1]:,.0f} events/s ({rates[-1] / raw[-1]:.2f} of the bare loop),"
+            f" with the model {modelled[-1]:,.0f} events/s"
         )
     print(
         f"reference: kafka-python's bare poll loop here: median {statistics.median(raw):,.0f}"
@@ -90,6 +102,12 @@ def throughput(events: int, runs: int) -> None:
         f" median {statistics.median(rates):,.0f} events/s ({ratio:.2f} of the bare loop;"
         f" at the 210,000 messages/s of the target's machine that ratio is"
         f" {ratio * 210_000:,.0f} events/s)"
+    )
+    with_model = statistics.median(m / r for m, r in zip(modelled, rates, strict=True))
+    print(
+        f"throughput with the anomaly model ({model.version}): median"
+        f" {statistics.median(modelled):,.0f} events/s, {with_model:.2f} of the same loop without"
+        " it (target 0.8)"
     )
 
 
@@ -121,10 +139,10 @@ def _bare_poll(settings: KafkaSettings, count: int) -> float:
         source.close()
 
 
-def _posmon(settings: KafkaSettings, count: int) -> float:
+def _posmon(settings: KafkaSettings, count: int, model: ModelSlot | None = None) -> float:
     """The loop of `posmon run`: events/s from the first scored batch to the last commit."""
     source, sink = KafkaSource(settings), KafkaSink(settings)
-    scorer, stats = Scorer(Policy()), Stats()
+    scorer, stats = Scorer(Policy(), model), Stats()
     clock = _FirstBatch()
     try:
         run(
@@ -134,6 +152,8 @@ def _posmon(settings: KafkaSettings, count: int) -> float:
             stats,
             stopping=lambda: stats.messages >= count,
             on_batch=clock.on_batch,
+            # The assignment starts the partitions anew (a `fresh` batch), as in `posmon run`.
+            restart=lambda: Scorer(Policy(), model),
         )
         return stats.messages / (time.perf_counter() - clock.started)
     finally:

@@ -3,7 +3,9 @@ before the detectors moved behind one interface, and money travels in typed fiel
 
 The digest pins every alert line `posmon replay` writes for `posmon simulate --hours 26 --seed 7`
 (in order, each as canonical JSON), without the two fields added since: `amount_at_risk_minor`
-and `currency`. Those are pinned by their own rule below. If a change of a rule is intended,
+and `currency`. Those are pinned by their own rule below. The rules' alerts are pinned; the
+anomaly model's (`model_outlier`) change with every retrained model, so they are checked for
+their shape instead. If a change of a rule is intended,
 the digest changes with docs/detectors.md and the CHANGELOG, on purpose.
 """
 
@@ -17,7 +19,10 @@ import pytest
 from monitor.cli.main import main
 from monitor.core.alerts import Alert
 
-REFERENCE_DAY_DIGEST = "2dd8586fba5b0528af43c94baf55f9d774dbae36563348c6b3b08435d05b3696"
+# Re-pinned when the simulator gained behaviour anomalies (issue 12): their lines move the
+# replay's batch boundaries, so intermediate versions and the order of emission changed; every
+# alert's final version is the same as before.
+REFERENCE_DAY_DIGEST = "147baf9b010cf1ec70b2737aec63363efc5af7a547a06e275ca6d7de89ba1c40"
 MONEY_DETECTORS = {"failed_then_debited", "duplicate_debit"}
 NO_CURRENCY = {"terminal_failure_spike"}
 
@@ -43,8 +48,25 @@ def _digest(lines: list[str]) -> str:
 
 
 def test_the_reference_day_gives_the_same_alerts(replayed: list[str]) -> None:
-    assert len(replayed) == 60
-    assert _digest(replayed) == REFERENCE_DAY_DIGEST
+    rules = [line for line in replayed if json.loads(line)["detector"] != "model_outlier"]
+    assert len(rules) == 60
+    assert _digest(rules) == REFERENCE_DAY_DIGEST
+
+
+def test_model_alerts_carry_their_score_version_and_reasons(replayed: list[str]) -> None:
+    """The shipped model finds something on the reference day, and says why in words."""
+    found = [Alert.model_validate_json(line) for line in replayed]
+    model = [a for a in found if a.detector == "model_outlier"]
+    assert model, "the shipped model raised nothing on the reference day"
+    for alert in model:
+        threshold = alert.details["threshold"]
+        assert isinstance(threshold, float) and alert.score is not None
+        assert alert.score > threshold
+        assert alert.model_version is not None and alert.model_version.startswith("iforest-")
+        reasons = alert.details["reasons"]
+        assert alert.card_id is not None and isinstance(reasons, list) and reasons
+        assert all(isinstance(r, str) and r for r in reasons)
+        assert alert.count == len(alert.event_ids) and alert.summary.startswith("Card ")
 
 
 def test_money_rules_carry_the_amount_at_risk_and_every_amount_rule_its_currency(

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.paging.metrics import DispatchMetrics
 from monitor.scoring.metrics import Metrics
+from monitor.scoring.tally import ModelTally
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
@@ -114,14 +115,22 @@ def _alerting_rules() -> list[dict[str, Any]]:
     return [rule for rule in _rules() if "alert" in rule]
 
 
+def _registry() -> CollectorRegistry:
+    """The scoring loop's registry, with a model's series as they look once one is loaded."""
+    registry = CollectorRegistry()
+    Metrics(registry).observe_model(
+        ModelTally(version="iforest-1", shadow_version="iforest-2", psi={"score": 0.0})
+    )
+    return registry
+
+
 @cache
 def _exported_names() -> frozenset[str]:
     """Every sample name the scoring and dispatch loops can export."""
     names: set[str] = set()
-    scoring, dispatch = CollectorRegistry(), CollectorRegistry()
-    Metrics(scoring)
+    dispatch = CollectorRegistry()
     DispatchMetrics(dispatch)
-    for registry in (scoring, dispatch):
+    for registry in (_registry(), dispatch):
         for family in registry.collect():
             names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
             names.update(sample.name for sample in family.samples)
@@ -212,6 +221,9 @@ def test_every_panel_is_explained_and_every_query_uses_the_variable(path: Path) 
     for panel in panels:
         title = panel.get("title")
         assert title, panel
+        if panel["type"] == "row":  # a heading over the panels below it: no query of its own
+            assert not panel.get("targets"), title
+            continue
         assert panel["type"] in allowed, title
         assert panel.get("description"), title
         assert panel.get("fieldConfig", {}).get("defaults", {}).get("unit"), title
@@ -253,6 +265,9 @@ def test_every_alerting_rule_is_complete_and_has_a_runbook_section() -> None:
         "PosmonAlertsParked",
         "PosmonNoEvents",
         "PosmonOldestUndelivered",
+        "PosmonModelDrift",
+        "PosmonModelDriftSevere",
+        "PosmonModelReloadRefused",
     }
     for rule in rules:
         name = rule["alert"]
@@ -263,3 +278,36 @@ def test_every_alerting_rule_is_complete_and_has_a_runbook_section() -> None:
         assert annotations.get("description"), name
         assert annotations["runbook_url"] == f"docs/runbook.md#{name.lower()}", name
         assert name.lower() in anchors, f"docs/runbook.md has no section {name}"
+
+
+def test_every_model_series_is_on_a_dashboard() -> None:
+    """The anomaly model's series are read by a panel, directly or through a recording rule."""
+    exprs = _dashboard_exprs()
+    used = {name for expr in exprs for name in RECORDED_NAME.findall(expr)}
+    exprs += [str(rule["expr"]) for rule in _rules() if rule.get("record") in used]
+    referenced = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
+    families = {family.name for family in _registry().collect()}
+    model = sorted(name for name in families if name.startswith("posmon_model_"))
+    assert model
+    forms = ("", "_total", "_bucket", "_sum", "_count")
+    unseen = [name for name in model if not referenced & {name + form for form in forms}]
+    assert not unseen, f"no panel shows {unseen}"
+
+
+def test_the_drift_panels_change_colour_where_the_drift_rules_fire() -> None:
+    rules = {rule["alert"]: str(rule["expr"]) for rule in _alerting_rules()}
+    fire_at = []
+    for name in ("PosmonModelDrift", "PosmonModelDriftSevere"):
+        match = re.search(r"posmon_model_drift_psi\b.*>\s*([0-9.]+)\s*$", rules[name].strip())
+        assert match, name
+        fire_at.append(float(match.group(1)))
+    panels = [
+        panel
+        for path in DASHBOARD_FILES
+        for panel in _panels(_dashboard(path))
+        if any("posmon_model_drift_psi" in target["expr"] for target in panel.get("targets", []))
+    ]
+    assert panels
+    for panel in panels:
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert [step["value"] for step in steps[1:]] == sorted(fire_at), panel["title"]

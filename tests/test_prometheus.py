@@ -1,8 +1,9 @@
 """A real Prometheus scrapes a real `posmon run` on simulated traffic with incidents.
 
 Then every dashboard panel's query is evaluated through the Prometheus HTTP API; the core
-series (throughput, alerts by detector, money at risk, lag) must say what the monitor processed,
-and `promtool check metrics` must find nothing wrong with `/metrics`.
+series (throughput, alerts by detector, money at risk, lag, what the shipped anomaly model
+scored) must say what the monitor processed, and `promtool check metrics` must find nothing
+wrong with `/metrics`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from typing import Any
 import pytest
 import yaml
 
+from monitor.cli.anomaly import model_slot
+from monitor.cli.settings import ModelSettings
+from monitor.scoring.features import FEATURES
 from monitor.scoring.pipeline import replay_messages
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
+from monitor.scoring.tally import RELOAD_OUTCOMES
 from monitor.simulation.simulator import Simulation, SimulationSpec
 from monitor.streaming.embedded import EmbeddedBroker
 from monitor.streaming.produce import produce_lines
@@ -114,7 +119,8 @@ def scraped(
         stderr=(tmp / "prometheus.log").open("w"),
     )
     prom = Prometheus(prom_port)
-    scorer = Scorer(Policy())
+    slot = model_slot(ModelSettings())  # the model `posmon run` loads: the shipped one
+    scorer = Scorer(Policy(), slot)
     sink, _ = replay_messages(lines, scorer)
     try:
         _wait(lambda: prom.value('up{job="posmon"}') == 1, 60, "Prometheus scraping the monitor")
@@ -131,7 +137,7 @@ def scraped(
             30,
             "a scrape",
         )
-        yield prom, metrics_port, (sink, sum(scorer.consumed.values()))
+        yield prom, metrics_port, (sink, sum(scorer.consumed.values()), slot)
     finally:
         monitor.terminate()
         prometheus.terminate()
@@ -140,7 +146,7 @@ def scraped(
 
 
 def test_core_series_say_what_the_monitor_processed(scraped: tuple[Prometheus, int, Any]) -> None:
-    prom, _, (sink, accepted) = scraped
+    prom, _, (sink, accepted, _) = scraped
     final = sink.final_alerts()
     assert prom.value('sum(posmon_events_consumed_total{job="posmon"})') == accepted
     by_detector = Counter(a.detector for a in final.values())
@@ -170,13 +176,46 @@ def _dashboard_queries(window: str = "1m") -> list[tuple[str, str]]:
     targets are named "... #2", "... #3"."""
     queries = []
     for path in sorted(DASHBOARDS.glob("*.json")):
-        for panel in json.loads(path.read_text()).get("panels", []):
+        top = json.loads(path.read_text()).get("panels", [])
+        for panel in [*top, *(inner for row in top for inner in row.get("panels", []))]:
             for n, target in enumerate(panel.get("targets", []), start=1):
                 if "expr" in target:
                     expr = re.sub(r"\$__(rate_interval|interval|range)", window, target["expr"])
                     name = f"{path.name}: {panel.get('title')}" + (f" #{n}" if n > 1 else "")
                     queries.append((name, expr))
     return queries
+
+
+def test_the_model_series_say_what_the_model_scored(scraped: tuple[Prometheus, int, Any]) -> None:
+    """`posmon run` scores with the shipped model: its version, the requests it scored (as many
+    as a replay with the same model scores), no shadow, no reload, drift by feature."""
+    prom, _, (_, _, slot) = scraped
+    assert slot is not None and slot.live is not None
+    info = {(r["metric"]["role"], r["metric"]["version"]) for r in prom.query("posmon_model_info")}
+    assert info == {("live", slot.live.version)}
+    scored = sum(len(scores) for scores in slot.tally.scores)
+    assert scored > 0
+    by_role = {
+        r["metric"]["role"]: float(r["value"][1]) for r in prom.query("posmon_model_scored_total")
+    }
+    assert by_role == {"live": scored, "shadow": 0}
+    assert prom.value('sum(posmon_model_score_count{role="live"})') == scored
+    assert prom.value("sum(posmon_model_scoring_seconds_count)") > 0
+    p99 = {
+        r["metric"]["role"]: float(r["value"][1]) for r in prom.query("posmon:model_score:p99_5m")
+    }
+    assert p99.keys() == {"live"}  # no line for a shadow that scored nothing
+    assert 0 < p99["live"] <= 1
+    reloads = {
+        r["metric"]["outcome"]: float(r["value"][1])
+        for r in prom.query("posmon_model_reload_total")
+    }
+    assert reloads == dict.fromkeys(RELOAD_OUTCOMES, 0.0)  # every outcome there from the start
+    drift = {
+        r["metric"]["feature"]: float(r["value"][1]) for r in prom.query("posmon_model_drift_psi")
+    }
+    assert set(drift) <= {*FEATURES, "score"}
+    assert all(psi >= 0 for psi in drift.values())
 
 
 def test_every_dashboard_query_evaluates(scraped: tuple[Prometheus, int, Any]) -> None:
@@ -190,13 +229,16 @@ def test_every_dashboard_query_evaluates(scraped: tuple[Prometheus, int, Any]) -
         "Alerts raised by detector and severity",
         "Money at risk (range, minor units)",
         "Consumer lag by partition",
+        "Model in use (live and shadow)",
+        "Auth requests scored by the model",
+        "Model scoring latency per batch",
     ):
         (answer,) = [a for t, a in answers.items() if t.endswith(f": {core}")]
         assert answer, f"the core panel {core!r} shows no data"
 
 
 def test_the_money_panel_matches_the_alerts(scraped: tuple[Prometheus, int, Any]) -> None:
-    prom, _, (sink, _) = scraped
+    prom, _, (sink, _, _) = scraped
     expected: Counter[str] = Counter()
     for a in sink.final_alerts().values():
         if a.detector in ("failed_then_debited", "duplicate_debit"):

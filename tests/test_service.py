@@ -10,13 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import pyarrow.dataset as ds
 import pytest
 
 from monitor.cli.service import Service, StartAt
-from monitor.cli.settings import MetricsSettings, Settings
+from monitor.cli.settings import MetricsSettings, ModelSettings, Settings
 from monitor.core.alerts import Alert
 from monitor.core.batches import Batch
 from monitor.core.events import Rejection
+from monitor.scoring.features import FEATURES
 from monitor.scoring.pipeline import replay_messages
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
@@ -231,3 +233,21 @@ def test_a_snapshot_ahead_of_the_committed_offsets_is_not_used(tmp_path: Path) -
     service = Service(_snapshot_settings(tmp_path), second, ListSink())
     service.run()
     assert second.started_from == 0
+
+
+def test_the_service_writes_the_feature_log_of_every_scored_attempt(tmp_path: Path) -> None:
+    """`model.feature_log`: every scored attempt lands in the Parquet log, with the live model's
+    score and version, once the service stops."""
+    lines = list(Simulation(SimulationSpec(seed=5, hours=3, merchants=10)).lines())
+    settings = _settings().model_copy(
+        update={"model": ModelSettings(feature_log=tmp_path / "features")}
+    )
+    service = Service(settings, ListSource(lines), ListSink())
+    service.run()
+    table = ds.dataset(tmp_path / "features", partitioning="hive").to_table()
+    scored = service.scorer.tallies()["model_scored"]
+    assert table.num_rows == scored > 0
+    assert set(FEATURES) <= set(table.column_names)
+    assert service.model is not None and service.model.live is not None
+    assert set(table.column("model_version").to_pylist()) == {service.model.live.version}
+    assert None not in table.column("score").to_pylist()

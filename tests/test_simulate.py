@@ -433,7 +433,7 @@ def test_failed_then_debited_labels_name_the_first_failed_attempt(run: Run) -> N
 
 
 def test_background_alone_raises_nothing() -> None:
-    quiet = simulate(seed=21, hours=3.0, merchants=30, incidents=False)
+    quiet = simulate(seed=21, hours=3.0, merchants=30, incidents=False, anomalies=False)
     assert quiet.labels == []
     assert all(classify(raw) == "ok" for raw in quiet.lines)
     assert oracle(quiet.valid_events()) == Counter()

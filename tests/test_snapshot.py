@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
+from monitor.cli.anomaly import DEFAULT_MODEL
 from monitor.core.alerts import Alert
+from monitor.scoring.model import ModelSlot, load_model
 from monitor.scoring.pipeline import MemorySource, Stats, score_batch
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
@@ -25,10 +27,11 @@ def _run(
     policy: Policy,
     batch_size: int,
     cuts: set[int] = frozenset(),  # type: ignore[assignment]
+    model: ModelSlot | None = None,
 ) -> list[str]:
     """Every alert version emitted, as JSON, when the scorer is written and read back after
-    each batch number in `cuts`."""
-    scorer, stats, out = Scorer(policy), Stats(), []
+    each batch number in `cuts` (with the anomaly model's slot, when given)."""
+    scorer, stats, out = Scorer(policy, model), Stats(), []
     source = MemorySource(LINES, batch_size)
     number = 0
     while (batch := source.poll()) is not None:
@@ -36,7 +39,7 @@ def _run(
         out += [a.model_dump_json() for a in alerts]
         number += 1
         if number in cuts:
-            scorer, positions = loads(dumps(scorer, policy, {0: number}), policy)
+            scorer, positions = loads(dumps(scorer, policy, {0: number}), policy, model)
             assert positions == {0: number}
     scorer.close()
     out += [a.model_dump_json() for a in scorer.take_alerts()[0]]
@@ -51,6 +54,27 @@ def test_a_restored_scorer_goes_on_exactly_as_the_written_one(batch_size: int) -
     batches = -(-len(LINES) // batch_size)
     cuts = {1, 2, batches // 3, batches // 2, batches - 1}
     assert _run(policy, batch_size, cuts) == expected
+
+
+def test_the_model_features_are_restored_exactly_and_the_model_is_not_in_the_snapshot() -> None:
+    """With the shipped model: the features' state is in the snapshot (the model alerts after a
+    restore are those of an uninterrupted run), the model is not, and a snapshot written with
+    a model is refused by a scorer without one (and the other way round)."""
+    policy = Policy()
+    model = load_model(DEFAULT_MODEL)
+    expected = _run(policy, 1000, model=ModelSlot(live=model))
+    assert any(Alert.model_validate_json(a).detector == "model_outlier" for a in expected)
+    got = _run(policy, 1000, {1, 10, 30}, model=ModelSlot(live=model))
+    assert got == expected
+    scorer = Scorer(policy, ModelSlot(live=model))
+    for batch in iter(MemorySource(LINES[:3000], 1000).poll, None):
+        score_batch(batch, scorer, Stats())
+    data = dumps(scorer, policy, {0: 3})
+    assert b"forest" not in zlib.decompress(data.partition(b"\n")[2])
+    with pytest.raises(SnapshotError, match="model"):
+        loads(data, policy)
+    with pytest.raises(SnapshotError, match="model"):
+        loads(dumps(Scorer(policy), policy, {0: 3}), policy, ModelSlot(live=model))
 
 
 def test_every_batch_boundary_of_a_short_run() -> None:

@@ -21,12 +21,13 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
+from monitor.cli.anomaly import ModelLoadError, model_slot
 from monitor.cli.demo import DemoOptions, run_demo
 from monitor.cli.health import DispatchProbes, DispatchThread
 from monitor.cli.logs import log_to_stderr
 from monitor.cli.oncall import build_channels, retry_policy, run_dispatcher
 from monitor.cli.service import Service
-from monitor.cli.settings import Settings, config_path, load_settings
+from monitor.cli.settings import ModelSettings, Settings, config_path, load_settings
 from monitor.cli.summary import print_summary
 from monitor.core.alerts import alert_json_schema
 from monitor.core.events import event_json_schema
@@ -38,6 +39,7 @@ from monitor.scoring.scorer import Scorer
 from monitor.simulation.simulator import Simulation, SimulationSpec, write_simulation
 from monitor.streaming.client import PublishInterrupted
 from monitor.streaming.connect import connect, wait_for_broker
+from monitor.streaming.featurelog import FeatureLog
 from monitor.streaming.files import (
     JsonlSink,
     OutputCollisionError,
@@ -54,10 +56,18 @@ class UsageError(Exception):
     """A problem on the user's side; reported as one line."""
 
 
+def model_flags(args: argparse.Namespace) -> dict[str, object]:
+    """`--model DIR` and `--no-model` as settings (flags win over the file)."""
+    return {
+        "model.path": getattr(args, "model", None),
+        "model.enabled": False if getattr(args, "no_model", False) else None,
+    }
+
+
 def replay(args: argparse.Namespace) -> int:
     """Score a file as `posmon run` scores the stream, with the same settings: `--config` or
     `POSMON_CONFIG`, then `POSMON_...` variables (the policy, `run.dead_letter_raw_bytes`)."""
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, flags=model_flags(args))
     if args.input != "-" and not Path(args.input).is_file():
         raise UsageError(f"no such input file: {args.input}")
     if args.batch_size < 1:
@@ -71,12 +81,33 @@ def replay(args: argparse.Namespace) -> int:
         sink = JsonlSink(args.alerts, dlq, input_file=args.input)
     except OSError as exc:
         raise UsageError(f"cannot write output: {exc.filename}: {exc.strerror}") from exc
-    scorer, stats = Scorer(settings.policy), Stats()
+    feature_log = None if args.feature_log is None else FeatureLog(args.feature_log)
+    try:
+        slot = model_slot(settings.model, keep_rows=feature_log is not None)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from exc
+    scorer, stats = Scorer(settings.policy, slot), Stats()
     _tune_gc()
     started = time.perf_counter()
     source = MemorySource(read_messages(args.input), args.batch_size)
+
+    def log_features(_batch: object, _seconds: float) -> None:
+        if feature_log is not None and slot is not None:
+            for rows in slot.take_rows():
+                feature_log.write(rows)
+
     try:  # the outputs replace earlier ones only when the whole input was scored
-        run_scoring(source, sink, scorer, stats, raw_bytes=settings.run.dead_letter_raw_bytes)
+        run_scoring(
+            source,
+            sink,
+            scorer,
+            stats,
+            raw_bytes=settings.run.dead_letter_raw_bytes,
+            on_batch=log_features,
+        )
+        log_features(None, 0.0)
+        if feature_log is not None:
+            feature_log.close()
     except OSError as exc:
         sink.abort()
         raise UsageError(f"cannot read {args.input}: {exc.strerror}") from exc
@@ -184,6 +215,8 @@ def _log_to_stderr() -> logging.Logger:
 
 def run(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
+    # Until the model is loaded (below) a SIGHUP has nothing to reload: it must not end posmon.
+    signal.signal(signal.SIGHUP, lambda *_: None)
     settings = load_settings(
         args.config,
         flags={
@@ -191,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
             "kafka.topic": args.topic,
             "kafka.group": args.group,
             "metrics.port": args.metrics_port,
+            **model_flags(args),
         },
     )
     # The channels' secrets are read before any connection: a missing one is one line, exit 2.
@@ -200,7 +234,13 @@ def run(args: argparse.Namespace) -> int:
     if clients is None:
         log.info("stopped before the Kafka broker answered")
         return 0
-    service = Service(settings, *clients, stop=stop)
+    try:
+        service = Service(settings, *clients, stop=stop)
+    except ModelLoadError as exc:
+        for client in clients:
+            client.close()
+        raise UsageError(str(exc)) from exc
+    signal.signal(signal.SIGHUP, lambda *_: service.reload_model())
     log.info(
         "consuming %s on %s as group %s; /metrics, /healthz, /readyz on port %d",
         settings.kafka.topic,
@@ -208,6 +248,17 @@ def run(args: argparse.Namespace) -> int:
         settings.kafka.group,
         service.endpoints.port,
     )
+    model = service.model
+    if model is None or model.live is None:
+        log.info("no anomaly model: model_outlier is off")
+    else:
+        log.info(
+            "anomaly model %s from %s (threshold %.4f)%s",
+            model.live.version,
+            settings.model.path or "the shipped model",
+            model.live.threshold,
+            "" if model.shadow is None else f"; shadow {model.shadow.version}",
+        )
     _tune_gc()
     dispatching = None
     if settings.dispatch is not None and channels is not None:
@@ -299,10 +350,18 @@ def dispatch(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     if args.duration <= 0 or args.rate <= 0:
         raise UsageError("--duration and --rate must be positive")
-    options = DemoOptions(
-        duration=args.duration, rate=args.rate, metrics_port=args.metrics_port, out=args.out
-    )
-    return run_demo(options, Console())
+    try:
+        model = ModelSettings(enabled=not args.no_model, path=args.model, reload_every=0.0)
+        options = DemoOptions(
+            duration=args.duration,
+            rate=args.rate,
+            metrics_port=args.metrics_port,
+            out=args.out,
+            model=model,
+        )
+        return run_demo(options, Console())
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def report(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from rich.text import Text
 from monitor.channels.console import shown
 from monitor.cli.oncall import build_channels, run_dispatcher
 from monitor.cli.service import Service
-from monitor.cli.settings import MetricsSettings, Settings
+from monitor.cli.settings import MetricsSettings, ModelSettings, Settings
 from monitor.cli.summary import print_summary
 from monitor.core.alerts import DETECTORS, Alert
 from monitor.paging.delivery import RetryPolicy
@@ -51,6 +51,7 @@ class DemoOptions:
     metrics_port: int = 0
     out: Path = Path("posmon-demo")
     seed: int = 7
+    model: ModelSettings = field(default_factory=ModelSettings)  # the shipped model by default
 
 
 class _AlertWatch:
@@ -84,6 +85,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             kafka=kafka,
             metrics=MetricsSettings(host="127.0.0.1", port=options.metrics_port),
             policy=Policy(max_future_skew=26 * 3600.0),
+            model=options.model,
         )
         file_sink = JsonlSink(alerts_path, dlq_path, topic=TOPIC)
         watch = _AlertWatch()

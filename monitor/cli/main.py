@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from monitor import __version__
@@ -46,26 +47,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"posmon {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    replay = sub.add_parser(
-        "replay",
-        help="score a JSONL file of events exactly as the stream would (a backtest)",
-        description="Score a JSONL file of events as the stream would, and write the alerts."
-        " The policy comes from the same settings as `posmon run`: POSMON_... variables, then"
-        " the file. Outputs replace earlier files only when the replay completes.",
-    )
-    replay.add_argument("input", help="events, one JSON object per line ('-' for stdin)")
-    replay.add_argument("--alerts", required=True, type=Path, help="where to write alerts (JSONL)")
-    replay.add_argument(
-        "--dlq", type=Path, help="where to write rejected lines (default: ALERTS.dlq.jsonl)"
-    )
-    replay.add_argument(
-        "--config",
-        type=Path,
-        help="YAML configuration (or POSMON_CONFIG); POSMON_... variables apply as for run",
-    )
-    replay.add_argument("--batch-size", type=int, default=1000, help=argparse.SUPPRESS)
-    replay.add_argument("--quiet", action="store_true", help="print no summary")
-    replay.set_defaults(handler=commands.replay)
+    _replay(sub)
 
     simulate = sub.add_parser(
         "simulate",
@@ -103,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
     run_.add_argument(
         "--metrics-port", type=int, help="port of /metrics, /healthz, /readyz (default 9464)"
     )
+    _model_arguments(run_)
     run_.set_defaults(handler=commands.run)
 
     dispatch = sub.add_parser(
@@ -131,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", type=Path, default=Path("posmon-demo"), help="where alerts are written"
     )
+    _model_arguments(demo)
     demo.set_defaults(handler=commands.demo)
 
     report = sub.add_parser(
@@ -150,4 +134,42 @@ def parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of the event or the alert")
     schema.add_argument("which", choices=["events", "alert"])
     schema.set_defaults(handler=commands.schema)
+    # Commands of installed plugins: `posmon train` and `posmon evaluate` (the `models` package).
+    for plugin in sorted(entry_points(group="posmon.commands"), key=lambda p: p.name):
+        plugin.load()(sub)
     return parser
+
+
+def _replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help="score a JSONL file of events exactly as the stream would (a backtest)",
+        description="Score a JSONL file of events as the stream would, and write the alerts."
+        " The policy comes from the same settings as `posmon run`: POSMON_... variables, then"
+        " the file. Outputs replace earlier files only when the replay completes.",
+    )
+    replay.add_argument("input", help="events, one JSON object per line ('-' for stdin)")
+    replay.add_argument("--alerts", required=True, type=Path, help="where to write alerts (JSONL)")
+    replay.add_argument(
+        "--dlq", type=Path, help="where to write rejected lines (default: ALERTS.dlq.jsonl)"
+    )
+    replay.add_argument(
+        "--config",
+        type=Path,
+        help="YAML configuration (or POSMON_CONFIG); POSMON_... variables apply as for run",
+    )
+    _model_arguments(replay)
+    replay.add_argument(
+        "--feature-log", type=Path, help="write every scored attempt's features here (Parquet)"
+    )
+    replay.add_argument("--batch-size", type=int, default=1000, help=argparse.SUPPRESS)
+    replay.add_argument("--quiet", action="store_true", help="print no summary")
+    replay.set_defaults(handler=commands.replay)
+
+
+def _model_arguments(command: argparse.ArgumentParser) -> None:
+    choice = command.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--model", type=Path, metavar="DIR", help="the model artifact (default: the shipped one)"
+    )
+    choice.add_argument("--no-model", action="store_true", help="no anomaly model")

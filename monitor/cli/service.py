@@ -17,6 +17,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from monitor.cli.anomaly import Reloader, model_slot
 from monitor.cli.settings import Settings
 from monitor.cli.snapshots import SnapshotStore
 from monitor.core.alerts import Alert
@@ -27,6 +28,7 @@ from monitor.scoring.metrics import Metrics
 from monitor.scoring.pipeline import Sink, Stats, run
 from monitor.scoring.scorer import Scorer
 from monitor.scoring.snapshot import SnapshotError, dumps, loads
+from monitor.streaming.featurelog import FeatureLog
 
 _LAG_EVERY_S = 1.0
 log = logging.getLogger("posmon.run")
@@ -87,7 +89,19 @@ class Service:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.scorer = Scorer(settings.policy)
+        self.model = model_slot(settings.model, keep_rows=settings.model.feature_log is not None)
+        self._reloader = (
+            Reloader(self.model, settings.model, clock)
+            if self.model is not None and settings.model.enabled
+            else None
+        )
+        self._feature_log = (
+            FeatureLog(settings.model.feature_log)
+            if settings.model.feature_log is not None
+            else None
+        )
+        self._last_feature_flush = clock()
+        self.scorer = Scorer(settings.policy, self.model)
         self.stats = Stats()
         self.source = source
         self.durable_sink = sink
@@ -167,6 +181,20 @@ class Service:
             self.durable_sink.close()
             self.source.close()
             self.endpoints.stop()
+            self._log_features(flush=True)
+
+    def reload_model(self) -> None:
+        """Look for a new model artifact before the next batch (SIGHUP)."""
+        if self._reloader is not None:
+            self._reloader.request()
+
+    def _log_features(self, *, flush: bool) -> None:
+        if self._feature_log is None or self.model is None:
+            return
+        for rows in self.model.take_rows():
+            self._feature_log.write(rows)
+        if flush:
+            self._feature_log.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -188,7 +216,7 @@ class Service:
                 log.info("no snapshot %s: rebuilding the state from the beginning", path)
                 self.metrics.snapshot_restores.labels(outcome="missing").inc()
                 return None
-            scorer, positions = loads(data, self.settings.policy)
+            scorer, positions = loads(data, self.settings.policy, self.model)
             if set(positions) != held:
                 raise SnapshotError(f"it covers partitions {sorted(positions)}")
             ahead = {p: o for p, o in positions.items() if o > committed.get(p, 0)}
@@ -205,7 +233,7 @@ class Service:
 
     def _restart(self) -> Scorer:
         """The scorer for a new assignment: the snapshot's, or a new one."""
-        self.scorer = self._restored or Scorer(self.settings.policy)
+        self.scorer = self._restored or Scorer(self.settings.policy, self.model)
         self._restored = None
         self.metrics.rebase(self.scorer)
         self.lag = {}  # the lag of the previous assignment says nothing now
@@ -239,6 +267,8 @@ class Service:
     def _after_batch(self, batch: Batch, seconds: float) -> None:
         now = self._clock()
         self._last_turn = now
+        if self._reloader is not None:  # before the metrics, which then show the outcome
+            self._reloader.check()
         scorer, stats = self.scorer, self.stats
         maxima = scorer.watermark.maxima
         newest = max(maxima.values()) / 1e6 if maxima else None
@@ -251,6 +281,11 @@ class Service:
         )
         stats.new_in_batch, stats.emitted_in_batch = [], []
         self._snapshot(now)
+        if self._feature_log is not None:
+            self._log_features(flush=False)
+            if now - self._last_feature_flush >= self.settings.model.feature_log_every:
+                self._last_feature_flush = now
+                self._feature_log.flush()
         if now - self._last_lag_at >= _LAG_EVERY_S:
             self._last_lag_at = now
             self.lag = self.source.lag()

@@ -75,8 +75,22 @@ class DeliverySettings(_Strict):
     deadline: Annotated[Seconds, within(7 * DAY)] = 3600.0
 
 
+class ModelSettings(_Strict):
+    """The anomaly model (docs/model.md): which artifact, a shadow beside it, reloads, drift,
+    and the feature log of `posmon run`."""
+
+    enabled: bool = True
+    path: Path | None = None  # None: the model shipped with posmon
+    shadow: Path | None = None  # scored on the same batches, never alerting
+    reload_every: Annotated[Seconds, within(DAY)] = 10.0  # look for a new artifact; 0: never
+    drift_window: Annotated[Seconds, within(31 * DAY, positive=True)] = 24 * 3600.0
+    feature_log: Path | None = None  # a directory for Parquet files; None: none written
+    feature_log_every: Annotated[Seconds, within(DAY, positive=True)] = 300.0  # flush interval
+
+
 class Settings(_Strict):
     policy: Policy = Policy()
+    model: ModelSettings = ModelSettings()
     kafka: KafkaSettings = KafkaSettings()
     metrics: MetricsSettings = MetricsSettings()
     run: RunSettings = RunSettings()

@@ -1,8 +1,10 @@
 """The scoring loop's series (docs/contract.md, "Metrics"), on an explicit registry.
 
 Counters are advanced once per batch from the scorer's own tallies, never per event (a labelled
-`inc()` costs about a microsecond). No label carries a card, terminal, merchant or event id.
-The dispatch loop's series are in `monitor.paging.metrics`.
+`inc()` costs about a microsecond). The anomaly model's scores are likewise counted into their
+histogram per batch with numpy (`_observe_all`), not one `observe()` per score. No label carries
+a card, terminal, merchant or event id. The dispatch loop's series are in
+`monitor.paging.metrics`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Gauge, Histogram, Info
 from prometheus_client import Counter as PromCounter
 
@@ -19,11 +22,16 @@ from monitor.core.events import KINDS, REJECT_REASONS
 from monitor.scoring.attempts import IGNORE_REASONS
 from monitor.scoring.pipeline import Stats
 from monitor.scoring.scorer import Scorer
+from monitor.scoring.tally import RELOAD_OUTCOMES, ModelTally, Scores
 
 _BATCH_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _MONEY_IDS = 100_000
 _USUAL_CURRENCIES = ("EUR", "USD", "GBP", "JPY", "CHF", "CNY", "AUD", "CAD", "SEK", "PLN")
 _LAG_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# IsolationForest scores lie in (0, 1], most of them between 0.35 and 0.8.
+_SCORES = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0)
+_SCORING_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+ROLES = ("live", "shadow")
 
 
 class Metrics:
@@ -162,18 +170,7 @@ class Metrics:
             ["store"],
             registry=registry,
         )
-        self.model_score = Histogram(
-            "posmon_model_score",
-            "Anomaly model scores of scored events (empty until a model is loaded).",
-            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-            registry=registry,
-        )
-        self.model_info = Gauge(
-            "posmon_model_info",
-            "The anomaly model in use, by version (no series until a model is loaded).",
-            ["version"],
-            registry=registry,
-        )
+        self._add_model_series(registry)
         # Series that exist from the start: Prometheus's increase() cannot see the first step
         # of a series that appears with a value, so the first ghost debit in a currency would
         # be missing from range panels. Other currencies appear on their first debit.
@@ -196,6 +193,62 @@ class Metrics:
         self._last_duplicates = 0
         self._last_late = 0
         self._last_future = 0
+
+    def _add_model_series(self, registry: CollectorRegistry) -> None:
+        """The anomaly model's series (`model_outlier`), brought up to date by `observe_model`:
+        every role's scores and every reload outcome exist from the start, at zero."""
+        self.model_score = Histogram(
+            "posmon_model_score",
+            "Anomaly model scores of scored auth requests, by role (live, shadow); higher is more"
+            " anomalous.",
+            ["role"],
+            buckets=_SCORES,
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "posmon_model_info",
+            "The anomaly model in use (1), by version and role (live, shadow); no series for a"
+            " role without a model.",
+            ["version", "role"],
+            registry=registry,
+        )
+        self.model_scoring_seconds = Histogram(
+            "posmon_model_scoring_seconds",
+            "Time to score one batch of auth requests with the anomaly model (live or shadow).",
+            buckets=_SCORING_SECONDS,
+            registry=registry,
+        )
+        self.model_reloads = PromCounter(
+            "posmon_model_reload",
+            "Anomaly model reloads, by outcome (loaded, or refused: the model in use stays).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.model_drift = Gauge(
+            "posmon_model_drift_psi",
+            "Population stability index of each model feature (and of the score) over the drift"
+            " window against the live model's card (its training data): above 0.1 drifting,"
+            " above 0.25 drifted.",
+            ["feature"],
+            registry=registry,
+        )
+        self.model_scored = PromCounter(
+            "posmon_model_scored",
+            "Auth requests scored by the anomaly model, by role (live, shadow).",
+            ["role"],
+            registry=registry,
+        )
+        self._scores = {role: self.model_score.labels(role=role) for role in ROLES}
+        self._scored = {role: self.model_scored.labels(role=role) for role in ROLES}
+        for outcome in RELOAD_OUTCOMES:
+            self.model_reloads.labels(outcome=outcome)
+        # The model slot (and its tally) outlives a scorer swapped in by `rebase`: its reload
+        # totals run on, and are counted from zero only for another tally.
+        self._tally: ModelTally | None = None
+        self._last_reloads: Counter[str] = Counter()
+        self._versions: dict[str, str] = {}  # role -> the version posmon_model_info shows
+        self._drift: dict[str, Gauge] = {}  # feature -> its child, while the tally has it
+        self._psi: dict[str, float] = {}  # as last shown
 
     def observe_batch(
         self,
@@ -290,6 +343,58 @@ class Metrics:
             future=scorer.watermark.future,
             settlements_ignored=scorer.attempts.ignored,
         )
+        self.observe_model(scorer.model_tally)
+
+    def observe_model(self, tally: ModelTally | None) -> None:
+        """The model's series from its tally (None: no model), after a batch: the scores and
+        scoring times since the last call (drained from the tally), reloads, versions, drift."""
+        if tally is not None:
+            if tally is not self._tally:  # another slot: its running totals start from zero
+                self._tally, self._last_reloads = tally, Counter()
+            scores, shadow_scores, seconds = tally.drain()
+            for role, batches in (("live", scores), ("shadow", shadow_scores)):
+                if batches:
+                    values = np.concatenate(batches) if len(batches) > 1 else batches[0]
+                    _observe_all(self._scores[role], values)
+                    self._scored[role].inc(len(values))
+            for spent in seconds:  # one or two a batch
+                self.model_scoring_seconds.observe(spent)
+            for outcome, total in tally.reloads.items():
+                delta = total - self._last_reloads[outcome]
+                if delta > 0:
+                    self.model_reloads.labels(outcome=outcome).inc(delta)
+                    self._last_reloads[outcome] = total
+        self._show_versions(
+            {} if tally is None else {"live": tally.version, "shadow": tally.shadow_version}
+        )
+        self._show_drift({} if tally is None else tally.psi)
+
+    def _show_versions(self, versions: Mapping[str, str | None]) -> None:
+        """`posmon_model_info` shows the version in use of each role, and only that one."""
+        for role in ROLES:
+            version, shown = versions.get(role), self._versions.get(role)
+            if version == shown:
+                continue
+            if shown is not None:  # a reload, or the model is gone
+                self.model_info.remove(shown, role)
+                del self._versions[role]
+            if version is not None:
+                self.model_info.labels(version=version, role=role).set(1)
+                self._versions[role] = version
+
+    def _show_drift(self, psi: Mapping[str, float]) -> None:
+        """`posmon_model_drift_psi` of each feature the tally has (no series for the others)."""
+        if psi == self._psi:  # the detector updates it now and then, not every batch
+            return
+        self._psi = dict(psi)
+        for feature, value in psi.items():
+            gauge = self._drift.get(feature)
+            if gauge is None:
+                gauge = self._drift[feature] = self.model_drift.labels(feature=feature)
+            gauge.set(value)
+        for feature in [f for f in self._drift if f not in psi]:  # gone with its model
+            self.model_drift.remove(feature)
+            del self._drift[feature]
 
     def _count_money(self, alert: Alert) -> None:
         at_risk, currency = alert.amount_at_risk_minor, alert.currency
@@ -324,3 +429,20 @@ class Metrics:
     def set_consumer_lag(self, lag: Mapping[int, int]) -> None:
         for partition, messages in lag.items():
             self.consumer_lag.labels(partition=str(partition)).set(messages)
+
+
+def _observe_all(histogram: Histogram, values: Scores) -> None:
+    """`histogram.observe(v)` for every v, counted with numpy: prometheus_client keeps one
+    counter per upper bound (`le`, inclusive: v <= bound) that it sums into the cumulative
+    buckets when scraped, and a sum. A batch holds hundreds of scores and an `observe()` costs
+    about a microsecond; this costs a few for the whole batch. NaN is not counted (`observe`
+    would make the sum NaN for good)."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return
+    bounds = np.asarray(histogram._upper_bounds)  # ascending, +Inf last
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))

@@ -20,6 +20,7 @@ from monitor.scoring.detectors.duplicate_debit import Settings as DuplicateDebit
 from monitor.scoring.detectors.failed_then_debited import Settings as FailedThenDebited
 from monitor.scoring.detectors.large_amount import Settings as LargeAmount
 from monitor.scoring.detectors.missing_reversal import Settings as MissingReversal
+from monitor.scoring.detectors.model_outlier import Settings as ModelOutlier
 from monitor.scoring.detectors.small_amount_burst import Settings as SmallAmountBurst
 from monitor.scoring.detectors.stale_preauth import Settings as StalePreauth
 from monitor.scoring.detectors.terminal_failure_spike import Settings as TerminalFailureSpike
@@ -39,6 +40,7 @@ class Detectors(_Strict):
     terminal_failure_spike: TerminalFailureSpike = TerminalFailureSpike()
     large_amount: LargeAmount = LargeAmount()
     stale_preauth: StalePreauth = StalePreauth()
+    model_outlier: ModelOutlier = ModelOutlier()
 
     def all(self) -> list[DetectorSettings]:
         """Every detector's settings, in registry order (enabled or not)."""

@@ -30,8 +30,10 @@ from monitor.scoring.detectors.base import (
 )
 from monitor.scoring.handlers import Handler, handlers
 from monitor.scoring.incident import Incident
+from monitor.scoring.model import ModelSlot
 from monitor.scoring.policy import Policy
 from monitor.scoring.state import NEVER, Order, SeenIds, Watermark
+from monitor.scoring.tally import ModelTally
 
 # Expiry sweeps walk quiet keys; every five minutes of event time keeps that off the per-event
 # cost, and holds at most five minutes' worth of expired entries longer.
@@ -60,8 +62,10 @@ def _refuse(
 class Scorer:
     """Owns the event-time state of one stream (one partition group) and its detectors."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, model: ModelSlot | None = None) -> None:
+        """`model`: the anomaly model's slot (None: no model, no features computed)."""
         limits = policy.state
+        self._model = model
         self.lateness = us(policy.allowed_lateness)
         self.watermark = Watermark(self.lateness, us(policy.max_future_skew))
         self.seen = SeenIds(us(limits.dedup_horizon), limits.max_dedup_ids)
@@ -73,17 +77,18 @@ class Scorer:
             attempt_ttl_us=us(limits.attempt_ttl),
             cap=limits.max_keys,
             max_evidence=limits.max_evidence,
+            model=model,
         )
         self.detectors: tuple[Detector, ...] = tuple(
             settings.build(shared, rank)
             for rank, settings in enumerate(policy.detectors.all())
-            if settings.enabled
+            if settings.enabled and settings.wanted(shared)
         )
         self._ordered = tuple(d for d in self.detectors if isinstance(d, Ordered))
         self._deadline = tuple(d for d in self.detectors if isinstance(d, Deadline))
         self._changed: dict[str, Incident] = {}
         self._handlers: dict[str, Handler] = {}
-        self.rewire()
+        self.rewire(model)
         # A plain dict with every kind: a Counter's subscripts take the slower generic path.
         self.consumed: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._partition = 0
@@ -93,9 +98,24 @@ class Scorer:
         self.late = 0
         self._last_sweep = NEVER
 
-    def rewire(self) -> None:
-        """Build the per-kind handlers over the current stores (again, after a snapshot load)."""
+    def rewire(self, model: ModelSlot | None = None) -> None:
+        """Build the per-kind handlers over the current stores (again, after a snapshot load,
+        which gives back the `model` slot: the model is not part of the state)."""
+        self._model = model
+        if model is not None:
+            for detector in self.detectors:
+                attach = getattr(detector, "attach", None)
+                if attach is not None:
+                    attach(model)
         self._handlers = handlers(self.detectors, self.attempts, self._changed)
+
+    @property
+    def model(self) -> ModelSlot | None:
+        return self._model
+
+    @property
+    def model_tally(self) -> ModelTally | None:
+        return None if self._model is None else self._model.tally
 
     # -- per event -------------------------------------------------------------------------
 

@@ -29,13 +29,16 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from monitor.scoring.features import FEATURE_VERSION
+from monitor.scoring.model import ModelSlot
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
 
 FORMAT: Final = "posmon-snapshot"
 VERSION: Final = 1
 _TRUSTED: Final = ("monitor.scoring.", "monitor.core.")
-_TRANSIENT: Final = frozenset({"_handlers"})  # rebuilt from the restored state (`Scorer.rewire`)
+# Rebuilt from the restored state, or given back (`Scorer.rewire`): the model is not state.
+_TRANSIENT: Final = frozenset({"_handlers", "_model"})
 
 Json = Any
 
@@ -56,6 +59,7 @@ def dumps(scorer: Scorer, policy: Policy, positions: Mapping[int, int]) -> bytes
         "format": FORMAT,
         "version": VERSION,
         "policy": policy_digest(policy),
+        "features": _features(scorer.model),
         "positions": {str(p): offset for p, offset in sorted(positions.items())},
         "length": len(body),
         "sha256": hashlib.sha256(body).hexdigest(),
@@ -81,14 +85,24 @@ def read_header(data: bytes) -> dict[str, Any]:
     return header
 
 
-def loads(data: bytes, policy: Policy) -> tuple[Scorer, dict[int, int]]:
-    """The scorer a snapshot holds and the positions it covers; raises `SnapshotError`."""
+def _features(model: ModelSlot | None) -> str | None:
+    """The feature version the state holds history for (None: no model, no history)."""
+    return FEATURE_VERSION if model is not None and model.active else None
+
+
+def loads(
+    data: bytes, policy: Policy, model: ModelSlot | None = None
+) -> tuple[Scorer, dict[int, int]]:
+    """The scorer a snapshot holds and the positions it covers, given the `model` slot it is to
+    use; raises `SnapshotError`."""
     header = read_header(data)
     if header.get("policy") != policy_digest(policy):
         raise SnapshotError("written under another policy")
+    if header.get("features") != _features(model):
+        raise SnapshotError("written with other model features (or without a model)")
     try:
         graph = json.loads(zlib.decompress(data.partition(b"\n")[2]))
-        fresh = Scorer(policy)
+        fresh = Scorer(policy, model)
         scorer = _Decoder(fresh).decode(graph)
         positions = {int(p): int(offset) for p, offset in header["positions"].items()}
     except SnapshotError:
@@ -97,7 +111,7 @@ def loads(data: bytes, policy: Policy) -> tuple[Scorer, dict[int, int]]:
         raise SnapshotError(f"unreadable state: {exc!r}") from exc
     if not isinstance(scorer, Scorer):
         raise SnapshotError("the snapshot holds no scorer")
-    scorer.rewire()
+    scorer.rewire(model)
     return scorer, positions
 
 

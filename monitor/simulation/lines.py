@@ -172,6 +172,29 @@ class EventQueue:
             bucket.append(item)
         return True
 
+    def add_numbered(  # noqa: PLR0917 - the event's fields, in the order of `add`
+        self,
+        seq: int,
+        time_us: int,
+        kind: Kind,
+        terminal: Terminal,
+        card_id: str,
+        txn_ref: str,
+        amount_minor: int,
+        rc: str = NO_RC,
+    ) -> bool:
+        """`add` with a sequence number of the caller's (its event id is `Ids.event_id(seq)`),
+        taken from a range no other producer uses, so it shifts no other event's id; it
+        arrives at `time_us`. False (and nothing queued) when it falls outside the period."""
+        if time_us >= self.end_us:
+            return False
+        key = time_us // self.BUCKET_US
+        if key < self._next_bucket:
+            raise AssertionError(f"event arrives at {time_us} after its bucket was released")
+        item = Queued(time_us, seq, time_us, kind, terminal, card_id, txn_ref, amount_minor, rc)
+        self._buckets.setdefault(key, []).append(item)
+        return True
+
     def release(self, until_us: int) -> Iterator[Queued]:
         """Every queued event whose bucket lies wholly before `until_us`, in arrival order."""
         last = until_us // self.BUCKET_US  # buckets < last end at or before until_us

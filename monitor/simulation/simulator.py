@@ -1,4 +1,5 @@
-"""Seeded, deterministic POS terminal traffic with labelled incidents (`posmon simulate`).
+"""Seeded, deterministic POS terminal traffic with labelled incidents and anomalies (`posmon
+simulate`).
 
 `Simulation(spec).lines()` yields the JSONL lines of the events file (docs/contract.md, "Event")
 in arrival order; once they are exhausted, `labels` holds what a perfect monitor should report:
@@ -16,11 +17,16 @@ in arrival order; once they are exhausted, `labels` holds what a perfect monitor
 - `{"type": "redelivery", "event_id"}`: a later exact copy of an earlier line.
 - `{"type": "late", "event_id"}`: an event whose `event_time` is below the largest earlier
   `event_time` minus `allowed_lateness_s` when it arrives.
+- `{"type": "anomaly", "event_id", "label": 1, "kind", "known_at"}`: an `auth_request` of a
+  behaviour anomaly that no rule names (`monitor.simulation.anomalies`), `kind` one of
+  `compromised_card`, `distant_spree`, `night_velocity`; `known_at` (RFC 3339, UTC) is its
+  `event_time` plus 7 days, when analysts learn of it. Every other `auth_request` counts as a
+  label 0; no label-0 line is written. The only records with a `label` key.
 
 Every scene's decisions fall due well before the end of the period, and the last event of the
-file is 3 s before the end, so a replay decides all of them. Background traffic is built so
-that no rule fires on it (see `monitor.simulation.traffic`). The same spec always gives the same
-bytes (same Python version).
+file is 3 s before the end, so a replay decides all of them. Background traffic and anomalies are
+built so that no rule fires on them (see `monitor.simulation.traffic` and `.anomalies`). The
+same spec always gives the same bytes (same Python version).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from monitor.simulation.anomalies import KINDS, Anomalies
 from monitor.simulation.delivery import Delivery, Tally
 from monitor.simulation.incidents import INCIDENTS
 from monitor.simulation.lines import EventQueue, Ids, TimeFormat
@@ -60,6 +67,7 @@ class SimulationSpec:
     start: datetime = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
     merchants: int = 40
     incidents: bool = True  # incidents, near misses, redeliveries, late events, malformed lines
+    anomalies: bool = True  # labelled behaviour anomalies (monitor.simulation.anomalies)
     allowed_lateness_s: float = 120.0  # the monitor's, to label exactly which events are late
 
     def __post_init__(self) -> None:
@@ -84,6 +92,7 @@ class SimulationStats:
     malformed: int = 0
     redeliveries: int = 0
     late: int = 0
+    anomalies: dict[str, int] = field(default_factory=dict)  # labelled auth_requests by kind
 
 
 class Simulation:
@@ -129,6 +138,18 @@ class Simulation:
             plan(stage, INCIDENTS, spec.hours)
             plan(stage, NEAR_MISSES, spec.hours)
             labels.extend(stage.labels)
+        anomalies = None
+        if spec.anomalies:
+            anomalies = Anomalies(
+                world,
+                queue,
+                spec.seed,
+                rng("anomalies"),
+                labels,
+                start_us=start_us,
+                end_us=end_us,
+                pool_size=cards,
+            )
         background = Background(
             world,
             pool,
@@ -138,6 +159,7 @@ class Simulation:
             start_us=start_us,
             lateness_us=lateness_us,
             late_events=spec.incidents,
+            anomalies=anomalies,
         )
         malformed = (
             MalformedLines(spec.seed, rng("malformed"), world.terminals) if spec.incidents else None
@@ -153,6 +175,7 @@ class Simulation:
         """Counts of the last run (complete once `lines()` is exhausted)."""
         tally = self._tally
         expected = Counter(str(x["detector"]) for x in self.labels if x["type"] == "incident")
+        anomalies = Counter(str(x["kind"]) for x in self.labels if x["type"] == "anomaly")
         return SimulationStats(
             lines=tally.lines,
             events=tally.events,
@@ -161,6 +184,7 @@ class Simulation:
             malformed=tally.malformed,
             redeliveries=tally.redeliveries,
             late=tally.late,
+            anomalies={kind: anomalies[kind] for kind in KINDS} if self.spec.anomalies else {},
         )
 
 

@@ -20,6 +20,10 @@ quiet:
 
 Attempts stay well inside the 6 h attempt time-to-live: debits come at most 2.5 h after the
 approval, refunds at most 3 h after the debit.
+
+With anomalies (`monitor.simulation.anomalies`), `Background` tells them every paid purchase (a
+card's history) and lets them place their episodes at the start of each minute; they draw
+nothing from its random stream, so the background is the same with or without them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from bisect import bisect
 from collections.abc import Iterator
 from itertools import accumulate
 
+from monitor.simulation.anomalies import Anomalies
 from monitor.simulation.lines import (
     AUTH_APPROVED,
     AUTH_DECLINED,
@@ -92,6 +97,7 @@ class Background:
         start_us: int,
         lateness_us: int,
         late_events: bool,
+        anomalies: Anomalies | None = None,
     ) -> None:
         self.world = world
         self.cards = cards
@@ -105,6 +111,7 @@ class Background:
         self.max_jitter_us = max(min(60 * US_PER_S, lateness_us // 2), 1)
         self.last_network_error = [-NE_SPACING_US] * len(world.terminals)
         self.debits = 0
+        self.anomalies = anomalies  # told of every approved purchase, asked in every minute
 
     def run(self) -> Iterator[Queued]:
         """All events of the period in arrival order, including those queued by others."""
@@ -118,6 +125,8 @@ class Background:
         while minute < self.end_us:
             nxt = min((minute // US_PER_MIN + 1) * US_PER_MIN, self.end_us)
             per_us = total * diurnal(minute) / US_PER_H
+            if self.anomalies is not None:  # before this minute's purchases: history is past
+                self.anomalies.at_minute(minute, nxt)
             # A Poisson process is memoryless: restarting it at each minute with that
             # minute's rate gives a piecewise-constant rate.
             t = minute + int(expo(per_us))
@@ -157,6 +166,7 @@ class Background:
         add(t, AUTH_REQUEST, term, card, ref, amount)
         t_out = t + 300_000 + int(rnd() * 2_700_000)
         last_attempt = t
+        paid = True
         u = rnd()
         if u < P_NETWORK_ERROR and t_out - self.last_network_error[term.index] >= NE_SPACING_US:
             self.last_network_error[term.index] = t_out
@@ -166,11 +176,14 @@ class Background:
         elif P_NETWORK_ERROR <= u < P_NETWORK_ERROR + P_DECLINE:
             i = bisect(_DECLINE_CUM, rnd() * _DECLINE_CUM[-1])
             add(t_out, AUTH_DECLINED, term, card, ref, amount, _DECLINE_RC[i])
-            if rnd() < _DECLINES[i][2]:
+            paid = rnd() < _DECLINES[i][2]
+            if paid:
                 last_attempt = self._retry(t_out, term, card, amount)
         else:
             self._approved(t_out, term, card, ref, amount)
         cards.release(idx, last_attempt)
+        if paid and self.anomalies is not None:
+            self.anomalies.history.paid(idx, card, term, amount)
 
     def _retry(self, t_fail: int, term: Terminal, card: str, amount: int) -> int:
         """The customer tries again 5-40 s after a failure, under a new reference, and is

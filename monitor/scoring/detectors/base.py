@@ -29,6 +29,7 @@ from monitor.core.alerts import Severity
 from monitor.core.events import Event
 from monitor.scoring.attempts import Attempt, Attempts
 from monitor.scoring.incident import Incident
+from monitor.scoring.model import ModelSlot
 from monitor.scoring.state import Order, Timers, Watermark
 
 P = TypeVar("P")
@@ -73,6 +74,7 @@ class Shared:
     attempt_ttl_us: int
     cap: int  # the hard cap of every keyed store
     max_evidence: int
+    model: ModelSlot | None = None  # the anomaly model (None: none loaded)
 
 
 @runtime_checkable
@@ -144,6 +146,10 @@ class DetectorSettings(BaseModel):
         """Seconds of attempt state its decisions look back over (the policy checks that
         `state.attempt_ttl` covers it)."""
         return 0.0
+
+    def wanted(self, shared: Shared) -> bool:
+        """Whether the detector has what it needs to run (enabled or not)."""
+        return True
 
     @abstractmethod
     def build(self, shared: Shared, rank: int) -> Detector:
