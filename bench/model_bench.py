@@ -20,42 +20,25 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Sequence
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from replay_bench import NullSink, pin_one_core, simulate
 
-from monitor.core.alerts import Alert
-from monitor.core.events import Event, Rejection, decode
+from monitor.core.events import Event, decode
 from monitor.scoring.features import FeatureState
 from monitor.scoring.model import Model, ModelSlot, load_model
 from monitor.scoring.pipeline import MemorySource, Stats, run
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
-from monitor.simulation.simulator import Simulation, SimulationSpec
 from monitor.streaming.featurelog import FeatureLog
 
 SHIPPED = Path(__file__).resolve().parent.parent / "monitor" / "data" / "model"
-MERCHANTS = 250
-HOURS_PER_MILLION = 62.0
-
-
-class NullSink:
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
-        pass
-
-
-def simulate(events: int) -> list[bytes]:
-    hours = max(1.0, HOURS_PER_MILLION * events / 1_000_000 * 1.5)
-    spec = SimulationSpec(seed=11, hours=hours, merchants=MERCHANTS)
-    return list(islice(Simulation(spec).lines(), events))
 
 
 def replay(lines: list[bytes], slot: ModelSlot | None, log: FeatureLog | None = None) -> float:
@@ -82,14 +65,6 @@ def time_json(lines: list[bytes]) -> float:
         except ValueError:  # the simulator's malformed lines
             pass
     return time.perf_counter() - started
-
-
-def pin_one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        core = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {core})
-        return f"pinned to core {core}"
-    return "not pinned"
 
 
 def requests_of(lines: list[bytes]) -> list[Event]:

@@ -43,6 +43,7 @@ from monitor.core.events import to_datetime
 from monitor.core.scored import ScoredRows
 from monitor.core.text import printable
 from monitor.report.charts import MAX_BARS, plain_text
+from monitor.report.page import PAGE_CSS
 
 BASELINE_FEATURE = "amount_robust_z"
 NO_KIND = "(no kind)"  # the kind of a label-1 row whose label names none
@@ -281,15 +282,6 @@ class _Series:
     flagged: Bools
 
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-img{max-width:100%;display:block;margin:.5em 0 1.5em}
-.note{color:#666;font-style:italic}
-"""
-
 _MEANINGS = (
     ("alerts", "rows whose score is above the threshold (the model_outlier detector's rule)"),
     ("precision", "of the alerts, the share labelled 1"),
@@ -437,7 +429,7 @@ def render_html(evaluation: Evaluation, charts: set[str]) -> str:
 
     parts = [
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
-        f"</title><style>{_CSS}</style></head><body>",
+        f"</title><style>{PAGE_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         _overview(evaluation),
         _notes_html(evaluation.notes),

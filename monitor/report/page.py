@@ -15,7 +15,8 @@ from monitor.report.data import MONEY_DETECTORS, MoneyRow, money_at_risk
 RECENT_CRITICAL = 20
 FAR_LISTED = 20
 
-_CSS = """
+# The style of posmon's HTML pages (this report, `posmon evaluate`'s page).
+PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
@@ -42,7 +43,7 @@ def render_html(
 
     parts = [
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
-        f"</title><style>{_CSS}</style></head><body>",
+        f"</title><style>{PAGE_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         _overview(alerts, rejects, len(far)),
         "<h2>Alerts over time</h2>",
