@@ -83,3 +83,22 @@ def test_the_shipped_model_passes_its_parity_vectors() -> None:
     assert len(model.card.parity) >= 4
     x = np.array([p.features for p in model.card.parity])
     assert np.max(np.abs(model.score(x) - [p.score for p in model.card.parity])) < 1e-9
+
+
+def test_a_value_equal_to_a_threshold_goes_left_as_in_scikit_learn() -> None:
+    """scikit-learn sends `x <= threshold` left. A one-split tree: root 0 on column 0 at 0.5,
+    left leaf 1 (path length 1), right leaf 2 (path length 3)."""
+    forest = Forest.from_arrays(
+        {
+            "columns": np.array([0], dtype=np.int32),
+            "roots": np.array([0], dtype=np.int32),
+            "feature": np.array([0, 0, 0], dtype=np.int32),
+            "threshold": np.array([0.5, np.inf, np.inf]),
+            "children": np.array([1, 1, 2], dtype=np.int32),
+            "value": np.array([0.0, 1.0, 3.0]),
+            "norm": np.array([1.0]),
+        },
+        "",
+    )
+    scores = forest.score(np.array([[0.25], [0.5], [0.75]]))
+    np.testing.assert_array_equal(scores, [0.5, 0.5, 0.125])

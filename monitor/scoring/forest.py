@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +30,7 @@ Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int32]
 
 # The arrays of one forest in an artifact, by the suffix of their names.
-ARRAYS = ("columns", "roots", "feature", "threshold", "children", "value", "norm")
+NAMES: Final = ("columns", "roots", "feature", "threshold", "children", "value", "norm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class Forest:
         """The forest stored under `prefix` (`<prefix>columns`, ...); raises ValueError when the
         arrays do not make a forest (wrong types, indices out of range, cycles)."""
         try:
-            get = {name: np.asarray(arrays[prefix + name]) for name in ARRAYS}
+            get = {name: np.asarray(arrays[prefix + name]) for name in NAMES}
         except KeyError as exc:
             raise ValueError(f"missing array {exc.args[0]}") from exc
         if any(a.ndim != 1 for a in get.values()) or get["norm"].size != 1:
@@ -94,7 +95,7 @@ class Forest:
 
     def arrays(self, prefix: str) -> dict[str, npt.NDArray[np.generic]]:
         """What `from_arrays` reads back."""
-        stored = {name: getattr(self, name) for name in ARRAYS if name != "norm"}
+        stored = {name: getattr(self, name) for name in NAMES if name != "norm"}
         stored["norm"] = np.array([self.norm])
         return {prefix + name: value for name, value in stored.items()}
 
