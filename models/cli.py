@@ -11,12 +11,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.cli.anomaly import DEFAULT_MODEL
 from monitor.cli.commands import UsageError
 from monitor.cli.settings import load_settings
 from monitor.scoring.model import ModelError, load_model
+
+if TYPE_CHECKING:
+    from models.train import Trained
+    from monitor.core.scored import ScoredRows
 
 
 def register(sub: Any) -> None:
@@ -38,6 +42,27 @@ def register(sub: Any) -> None:
     )
     train_.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train_.add_argument("--config", type=Path, help="YAML configuration (the policy's state)")
+    train_.add_argument(
+        "--labels",
+        type=Path,
+        help="labels (JSONL): hold the last --held-back-days out, fit before the gap, and write"
+        " the model only if it is not worse than the champion there (average precision)",
+    )
+    train_.add_argument(
+        "--champion", type=Path, metavar="DIR", help="the model to beat (default: the shipped one)"
+    )
+    train_.add_argument(
+        "--held-back-days", type=float, default=7.0, help="days judged, at the end (default 7)"
+    )
+    train_.add_argument(
+        "--gap-days",
+        type=float,
+        default=7.0,
+        help="days left out before them, as long as the labels' delay (default 7)",
+    )
+    train_.add_argument(
+        "--force", action="store_true", help="write the model even if the champion is better"
+    )
     train_.set_defaults(handler=train_command)
 
     evaluate_ = sub.add_parser(
@@ -51,6 +76,12 @@ def register(sub: Any) -> None:
     evaluate_.add_argument("--labels", type=Path, required=True, help="labels file (JSONL)")
     evaluate_.add_argument(
         "--model", type=Path, help="the model artifact (default: the shipped one)"
+    )
+    evaluate_.add_argument(
+        "--challenger",
+        type=Path,
+        metavar="DIR",
+        help="a second model judged beside --model on the same events (champion and challenger)",
     )
     evaluate_.add_argument("--out", type=Path, required=True, help="folder for the page")
     evaluate_.add_argument("--top-k", type=int, default=10, help="cards per day (default 10)")
@@ -84,13 +115,16 @@ def train_command(args: argparse.Namespace) -> int:
         f" {time.perf_counter() - started:.1f} s; fitting the forests ..."
     )
     try:
-        trained = train(
-            replayed.rows,
-            files=[p.name for p in args.events],
-            events=replayed.events,
-            alert_rate=args.alert_rate,
-            seed=args.seed,
-        )
+        if args.labels is None:
+            trained = train(
+                replayed.rows,
+                files=[p.name for p in args.events],
+                events=replayed.events,
+                alert_rate=args.alert_rate,
+                seed=args.seed,
+            )
+        else:
+            trained = _challenge(args, replayed.rows, replayed.events)
         trained.write(args.out)
     except TrainingError as exc:
         raise UsageError(str(exc)) from exc
@@ -103,6 +137,57 @@ def train_command(args: argparse.Namespace) -> int:
         f" in {time.perf_counter() - started:.1f} s"
     )
     return 0
+
+
+def _challenge(args: argparse.Namespace, rows: ScoredRows, events: int) -> Trained:
+    """Fit before the held-back period, judge challenger and champion on it; refuse a worse
+    challenger unless `--force`."""
+    from models.labels import LabelsError, read_labels  # noqa: PLC0415
+    from models.train import TrainingError, average_precision, held_back_split, train  # noqa: PLC0415
+
+    if args.held_back_days <= 0 or args.gap_days < 0:
+        raise UsageError("--held-back-days must be positive and --gap-days at least 0")
+    try:
+        labels = read_labels(args.labels)
+        champion = load_model(args.champion or DEFAULT_MODEL)
+    except (LabelsError, ModelError) as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    fit, judged = held_back_split(rows, held_back_days=args.held_back_days, gap_days=args.gap_days)
+    trained = train(
+        fit,
+        files=[p.name for p in args.events],
+        events=events,
+        alert_rate=args.alert_rate,
+        seed=args.seed,
+    )
+    positive = {event_id for event_id, label in labels.items() if label.label == 1}
+    ours = average_precision(trained.model, judged, positive)
+    theirs = average_precision(champion, judged, positive)
+    _say(
+        f"held-back period: {len(judged):,} attempts; average precision: challenger"
+        f" {_fmt(ours)}, champion {champion.version} {_fmt(theirs)}"
+    )
+    if ours is None or theirs is None:
+        if not args.force:
+            raise TrainingError(
+                "no attempt of the held-back period is labelled 1: the challenger cannot be"
+                " judged (not written; --force writes it)"
+            )
+    elif ours < theirs and not args.force:
+        raise TrainingError(
+            f"the challenger is worse than the champion {champion.version} on the held-back"
+            f" period (average precision {ours:.3f} against {theirs:.3f}): not written"
+            " (--force writes it)"
+        )
+    return trained.judged(
+        {
+            "held_back_rows": len(judged),
+            "held_back_average_precision": ours,
+            "champion_average_precision": theirs,
+        }
+    )
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -122,12 +207,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     try:
         labels = read_labels(args.labels)
         model = load_model(args.model or DEFAULT_MODEL)
+        challenger = None if args.challenger is None else load_model(args.challenger)
     except (LabelsError, ModelError) as exc:
         raise UsageError(str(exc)) from exc
     except OSError as exc:
         raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
-    _say(f"replaying {len(args.events)} file(s) with model {model.version} ...")
-    replayed = replay_rows(args.events, settings.policy, model)
+    against = "" if challenger is None else f" against {challenger.version}"
+    _say(f"replaying {len(args.events)} file(s) with model {model.version}{against} ...")
+    # One replay scores both: the challenger as the shadow, on the same batches.
+    replayed = replay_rows(args.events, settings.policy, model, shadow=challenger)
     try:
         result = evaluate(
             replayed.rows,
@@ -136,14 +224,20 @@ def evaluate_command(args: argparse.Namespace) -> int:
             model_version=model.version,
             out=args.out,
             top_k=args.top_k,
+            challenger=None if challenger is None else (challenger.version, challenger.threshold),
         )
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from exc
-    m = result.model
-    print(
-        f"model {model.version}: average precision {_fmt(m.average_precision)}, recall"
-        f" {_fmt(m.recall)} at the threshold; page: {args.out / 'index.html'}"
-    )
+    for version, figures in (
+        (model.version, result.model),
+        *([] if challenger is None else [(challenger.version, result.challenger)]),
+    ):
+        assert figures is not None
+        print(
+            f"model {version}: average precision {_fmt(figures.average_precision)}, recall"
+            f" {_fmt(figures.recall)} at the threshold"
+        )
+    print(f"page: {args.out / 'index.html'}")
     return 0
 
 

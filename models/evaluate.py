@@ -50,7 +50,7 @@ NO_KIND = "(no kind)"  # the kind of a label-1 row whose label names none
 _BARS_UP_TO = 62  # days drawn as bars side by side; more as steps
 CURVE_POINTS = 2000  # points drawn of a precision-recall curve (it has one per distinct score)
 _DAY_US = 86_400_000_000
-_MODEL_COLOUR, _BASELINE_COLOUR = "#4c78a8", "#f58518"
+_MODEL_COLOUR, _BASELINE_COLOUR, _CHALLENGER_COLOUR = "#4c78a8", "#f58518", "#54a24b"
 _BASELINE_NAME = f"baseline ({BASELINE_FEATURE})"
 
 Floats = npt.NDArray[np.float64]
@@ -95,6 +95,10 @@ class Evaluation(BaseModel):
     baseline_feature: str = BASELINE_FEATURE
     model: Figures
     baseline: Figures | None  # None when the rows lack the baseline's feature
+    # A second model on the same rows (the rows' shadow scores): the challenger, `model` being
+    # the champion. None when only one model was evaluated.
+    challenger_version: str | None = None
+    challenger: Figures | None = None
     notes: list[str]
 
 
@@ -106,10 +110,13 @@ def evaluate(
     model_version: str,
     out: Path,
     top_k: int = 10,
+    challenger: tuple[str, float] | None = None,
 ) -> Evaluation:
     """The figures of `rows` against `labels`; writes `out/evaluation.json`, `out/index.html`
-    and its charts. Raises ValueError when the rows carry no score, the threshold is not finite
-    or `top_k` is below 1."""
+    and its charts. With `challenger` (its version and threshold), the rows' shadow scores are
+    a second model's, judged beside the first on the same page. Raises ValueError when the rows
+    carry no score (or no shadow score for a challenger), a threshold is not finite or `top_k`
+    is below 1."""
     if rows.score is None:
         raise ValueError("the rows carry no model score: evaluate needs a model")
     if not math.isfinite(threshold):
@@ -127,8 +134,19 @@ def evaluate(
 
     model_scores = _finite(np.asarray(rows.score, dtype=np.float64))
     model = ctx.figures(model_scores, threshold, model_scores > threshold)
-    series = [_Series("model", _MODEL_COLOUR, model_scores, model, model_scores > threshold)]
+    first = "champion" if challenger is not None else "model"
+    series = [_Series(first, _MODEL_COLOUR, model_scores, model, model_scores > threshold)]
     notes = _notes(n, ctx.positives, model, len(labels) - matched)
+    second: Figures | None = None
+    if challenger is not None:
+        bar = challenger[1]
+        if rows.shadow_score is None:
+            raise ValueError("the rows carry no challenger (shadow) score")
+        if not math.isfinite(bar):
+            raise ValueError("the challenger's threshold must be a finite number")
+        scores = _finite(np.asarray(rows.shadow_score, dtype=np.float64))
+        second = ctx.figures(scores, bar, scores > bar)
+        series.append(_Series("challenger", _CHALLENGER_COLOUR, scores, second, scores > bar))
     baseline: Figures | None = None
     if BASELINE_FEATURE in rows.feature_names:
         column = rows.features[:, rows.feature_names.index(BASELINE_FEATURE)]
@@ -157,6 +175,8 @@ def evaluate(
         positives_by_kind=dict(sorted(Counter(kinds).items())),
         model=model,
         baseline=baseline,
+        challenger_version=None if challenger is None else printable(challenger[0]),
+        challenger=second,
         notes=notes,
     )
     _write(out, evaluation, y, day, series)
@@ -421,6 +441,8 @@ def _chart_per_day(y: Bools, day: Ints, series: Sequence[_Series]) -> Figure | N
 def render_html(evaluation: Evaluation, charts: set[str]) -> str:
     """The page: figures model against baseline, recall by kind, the charts, what each means."""
     title = f"posmon evaluation: model {printable(evaluation.model_version)}"
+    if evaluation.challenger_version is not None:
+        title += f" against challenger {printable(evaluation.challenger_version)}"
 
     def chart(name: str, alt: str, missing: str) -> str:
         if name in charts:
@@ -454,9 +476,17 @@ def render_html(evaluation: Evaluation, charts: set[str]) -> str:
 
 def _overview(evaluation: Evaluation) -> str:
     items = [
-        f"Model: {printable(evaluation.model_version)}, features "
-        f"{printable(evaluation.feature_version)}",
+        f"{'Champion' if evaluation.challenger else 'Model'}:"
+        f" {printable(evaluation.model_version)}, features {printable(evaluation.feature_version)}",
         f"Threshold: {evaluation.threshold:g} (alert when the score is above it)",
+        *(
+            [
+                f"Challenger: {printable(evaluation.challenger_version or '')}, threshold"
+                f" {evaluation.challenger.threshold:g}"
+            ]
+            if evaluation.challenger is not None and evaluation.challenger.threshold is not None
+            else []
+        ),
         f"Scored rows (auth_requests): {evaluation.rows:,} over {evaluation.days:,} UTC days",
         f"Rows labelled 1: {evaluation.positives:,}",
         f"Labels matched to rows: {evaluation.labels_matched:,}; "
@@ -491,30 +521,49 @@ def _figures_table(evaluation: Evaluation) -> str:
         ("average_precision", "average precision", "ratio"),
         ("precision_top_k", f"precision of the top {k} cards per day", "ratio"),
     ]
-    model, baseline = evaluation.model, evaluation.baseline
+    columns = _columns(evaluation)
     body = "".join(
         f"<tr><td>{escape(name)}</td>"
-        f'<td class="n">{escape(_number(getattr(model, field), kind))}</td>'
-        f'<td class="n">{escape(_number(getattr(baseline, field, None), kind))}</td></tr>'
+        + "".join(
+            f'<td class="n">{escape(_number(getattr(figures, field, None), kind))}</td>'
+            for _, figures in columns
+        )
+        + "</tr>"
         for field, name, kind in lines
     )
-    head = "<tr><th>figure</th><th>model</th><th>baseline</th></tr>"
+    head = "<tr><th>figure</th>" + "".join(f"<th>{escape(c)}</th>" for c, _ in columns) + "</tr>"
     return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def _columns(evaluation: Evaluation) -> list[tuple[str, Figures | None]]:
+    """The scorers side by side: the model (the champion, when there is a challenger), the
+    challenger, the baseline."""
+    if evaluation.challenger is None:
+        return [("model", evaluation.model), ("baseline", evaluation.baseline)]
+    return [
+        ("champion", evaluation.model),
+        ("challenger", evaluation.challenger),
+        ("baseline", evaluation.baseline),
+    ]
 
 
 def _kinds_table(evaluation: Evaluation) -> str:
     if not evaluation.positives_by_kind:
         return '<p class="note">No row is labelled 1.</p>'
-    model, baseline = evaluation.model, evaluation.baseline
+    columns = _columns(evaluation)
     body = "".join(
         f'<tr><td>{escape(printable(kind))}</td><td class="n">{count:,}</td>'
-        f'<td class="n">{escape(_number(model.recall_by_kind.get(kind)))}</td>'
-        f'<td class="n">'
-        f"{escape(_number(baseline.recall_by_kind.get(kind) if baseline else None))}</td></tr>"
+        + "".join(
+            f'<td class="n">'
+            f"{escape(_number(figures.recall_by_kind.get(kind) if figures else None))}</td>"
+            for _, figures in columns
+        )
+        + "</tr>"
         for kind, count in evaluation.positives_by_kind.items()
     )
     head = (
-        "<tr><th>kind</th><th>rows labelled 1</th><th>model recall</th>"
-        "<th>baseline recall</th></tr>"
+        "<tr><th>kind</th><th>rows labelled 1</th>"
+        + "".join(f"<th>{escape(c)} recall</th>" for c, _ in columns)
+        + "</tr>"
     )
     return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"

@@ -85,3 +85,22 @@ def concat(parts: Sequence[ScoredRows]) -> ScoredRows:
         shadow_score=scores("shadow_score"),
         shadow_version=first.shadow_version,
     )
+
+
+def take(rows: ScoredRows, keep: np.ndarray) -> ScoredRows:
+    """The rows where `keep` (a boolean mask) is true, in order."""
+    index = np.flatnonzero(keep)
+    return ScoredRows(
+        event_id=[rows.event_id[i] for i in index],
+        event_time_us=rows.event_time_us[index],
+        card_id=[rows.card_id[i] for i in index],
+        terminal_id=[rows.terminal_id[i] for i in index],
+        merchant_id=[rows.merchant_id[i] for i in index],
+        features=rows.features[index],
+        feature_names=rows.feature_names,
+        feature_version=rows.feature_version,
+        score=None if rows.score is None else rows.score[index],
+        model_version=rows.model_version,
+        shadow_score=None if rows.shadow_score is None else rows.shadow_score[index],
+        shadow_version=rows.shadow_version,
+    )

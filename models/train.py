@@ -22,8 +22,10 @@ import numpy as np
 import numpy.typing as npt
 import sklearn
 from sklearn.ensemble import IsolationForest
+from sklearn.metrics import average_precision_score
 
 from models.export import forest_from_sklearn, npz_bytes
+from models.rows import take
 from monitor.core.scored import ScoredRows
 from monitor.scoring.features import FEATURE_VERSION, FEATURES
 from monitor.scoring.forest import Forest
@@ -73,6 +75,13 @@ class Trained:
     model: Model
     card_json: bytes
     arrays: bytes
+
+    def judged(self, figures: Mapping[str, float | int | None]) -> Trained:
+        """The same model with `figures` added to its card's evaluation."""
+        card = self.model.card
+        card = card.model_copy(update={"evaluation": {**card.evaluation, **figures}})
+        card_json = (card.model_dump_json(indent=1) + "\n").encode()
+        return Trained(model_from(card, self.arrays), card_json, self.arrays)
 
     def write(self, out: Path) -> None:
         """Write the artifact into `out` (created): each file to a temporary name, then renamed,
@@ -197,3 +206,32 @@ def _hour_shares(times_us: npt.NDArray[np.int64]) -> list[float]:
 
 def _rfc3339(t_us: int) -> str:
     return datetime.fromtimestamp(t_us / 1e6, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+DAY_US: Final = 86_400_000_000
+
+
+def held_back_split(
+    rows: ScoredRows, *, held_back_days: float, gap_days: float
+) -> tuple[ScoredRows, ScoredRows]:
+    """The time-respecting split: the rows to fit on (before the gap), and the held-back rows
+    (the last `held_back_days` of event time) the models are judged on. The gap, as long as the
+    labels' delay, keeps the fit from rows whose labels could not be known yet."""
+    if len(rows) == 0:
+        raise TrainingError("no attempts to split")
+    end = int(rows.event_time_us.max())
+    judged_from = end - round(held_back_days * DAY_US)
+    fit_until = judged_from - round(gap_days * DAY_US)
+    return (
+        take(rows, rows.event_time_us < fit_until),
+        take(rows, rows.event_time_us >= judged_from),
+    )
+
+
+def average_precision(model: Model, rows: ScoredRows, positive: set[str]) -> float | None:
+    """The model's average precision on `rows`, the attempts in `positive` labelled 1; None
+    when no row is."""
+    y = np.fromiter((e in positive for e in rows.event_id), bool, count=len(rows))
+    if not y.any():
+        return None
+    return float(average_precision_score(y, model.score(rows.features)))

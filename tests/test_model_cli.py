@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
@@ -37,6 +38,16 @@ def test_train_then_evaluate_then_replay_with_the_new_model(
     figures = json.loads((out / "evaluation.json").read_text())
     assert figures["model_version"] == model.version and figures["positives"] > 0
     assert (out / "index.html").is_file() and list(out.glob("*.png"))
+    # Champion (the shipped model) and challenger (the new one) side by side on one page.
+    both = tmp_path / "both"
+    argv = ["evaluate", str(events), "--labels", str(labels), "--challenger", str(model_dir)]
+    assert main([*argv, "--out", str(both)]) == 0
+    side_by_side = json.loads((both / "evaluation.json").read_text())
+    assert side_by_side["model_version"] == load_model(DEFAULT_MODEL).version
+    assert side_by_side["challenger_version"] == model.version
+    assert side_by_side["challenger"] == figures["model"]  # the same model, the same figures
+    page = (both / "index.html").read_text()
+    assert "<th>champion</th><th>challenger</th><th>baseline</th>" in page
     alerts, features = tmp_path / "alerts.jsonl", tmp_path / "features"
     replay = ["replay", str(events), "--alerts", str(alerts), "--model", str(model_dir)]
     assert main([*replay, "--feature-log", str(features), "--quiet"]) == 0
@@ -92,3 +103,52 @@ def test_make_model_rebuilds_the_shipped_model_byte_for_byte(tmp_path: Path) -> 
     assert main(["train", str(events), "--out", str(tmp_path / "model"), "--seed", "0"]) == 0
     for name in ("card.json", "forest.npz"):
         assert (tmp_path / "model" / name).read_bytes() == (DEFAULT_MODEL / name).read_bytes()
+
+
+def test_train_refuses_a_challenger_worse_than_the_champion_on_the_held_back_days(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Labels chosen so that the champion ranks the held-back anomalies first: the challenger
+    is refused (nothing written) unless forced; labels the challenger ranks first: it is
+    written, with the held-back figures in its card."""
+    from models.rows import replay_rows
+    from models.train import held_back_split
+    from monitor.scoring.policy import Policy
+
+    events = tmp_path / "events.jsonl"
+    write_simulation(SimulationSpec(hours=96, seed=23, merchants=8), events, tmp_path / "l.jsonl")
+    rows = replay_rows([events], Policy()).rows
+    judged = held_back_split(rows, held_back_days=1, gap_days=0.5)[1]
+    champion = load_model(DEFAULT_MODEL)
+
+    def labels_for(scores: object, name: str) -> Path:
+        top = np.argsort(np.asarray(scores))[-5:]
+        path = tmp_path / name
+        lines = [json.dumps({"event_id": judged.event_id[i], "label": 1}) for i in top]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    train = ["train", str(events), "--held-back-days", "1", "--gap-days", "0.5"]
+    champions = labels_for(champion.score(judged.features), "champion.jsonl")
+    refused = tmp_path / "refused"
+    assert main([*train, "--labels", str(champions), "--out", str(refused)]) == 2
+    assert "worse than the champion" in capsys.readouterr().err and not refused.exists()
+    forced = tmp_path / "forced"
+    assert main([*train, "--labels", str(champions), "--out", str(forced), "--force"]) == 0
+    challenger = load_model(forced)
+    theirs, ours = (
+        challenger.card.evaluation["champion_average_precision"],
+        challenger.card.evaluation["held_back_average_precision"],
+    )
+    assert theirs is not None and ours is not None and theirs > ours
+    challengers = labels_for(challenger.score(judged.features), "challenger.jsonl")
+    written = tmp_path / "written"
+    assert main([*train, "--labels", str(challengers), "--out", str(written)]) == 0
+    card = load_model(written).card
+    # The same challenger (same rows, same seed), judged on labels it ranks first.
+    ours, theirs = (
+        card.evaluation["held_back_average_precision"],
+        card.evaluation["champion_average_precision"],
+    )
+    assert ours is not None and theirs is not None and ours >= theirs
+    assert card.training.rows < len(rows) - len(judged)  # fitted before the gap only
