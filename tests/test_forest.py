@@ -102,3 +102,14 @@ def test_a_value_equal_to_a_threshold_goes_left_as_in_scikit_learn() -> None:
     )
     scores = forest.score(np.array([[0.25], [0.5], [0.75]]))
     np.testing.assert_array_equal(scores, [0.5, 0.5, 0.125])
+
+
+def test_indices_too_large_for_the_layout_are_refused_not_wrapped() -> None:
+    rng = np.random.default_rng(0)
+    fitted = IsolationForest(n_estimators=2, random_state=0).fit(rng.normal(size=(100, 2)))
+    good = forest_from_sklearn(fitted, [0, 1]).arrays("")
+    for key, huge in (("children", 2**32 + 1), ("children", 2**31 - 1), ("roots", 2**32)):
+        changed = good[key].astype(np.int64)
+        changed[-1] = huge
+        with pytest.raises(ValueError):
+            Forest.from_arrays({**good, key: changed}, "")

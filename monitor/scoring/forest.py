@@ -56,7 +56,11 @@ class Forest:
             raise ValueError(f"missing array {exc.args[0]}") from exc
         if any(a.ndim != 1 for a in get.values()) or get["norm"].size != 1:
             raise ValueError("an array of the wrong shape")
-        ints = {n: get[n].astype(np.int32, casting="same_kind") for n in _INTS}
+        wide = {n: get[n].astype(np.int64, casting="same_kind") for n in _INTS}
+        # Indices beyond int32 would wrap when narrowed (and `+ 1` below could overflow).
+        if any(a.size and (a.min() < -(2**31) or a.max() >= 2**31 - 1) for a in wide.values()):
+            raise ValueError("an index out of range")
+        ints = {n: a.astype(np.int32) for n, a in wide.items()}
         floats = {n: get[n].astype(np.float64, casting="same_kind") for n in _FLOATS}
         nodes = len(ints["feature"])
         if not (len(floats["threshold"]) == len(ints["children"]) == len(floats["value"]) == nodes):
