@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.rows import replay_rows
+from models.rows import concat, replay_rows, take
 from monitor.core.scored import ScoredRows
 from monitor.scoring.features import _PLACES, FEATURE_VERSION, FEATURES, FeatureState
 from monitor.scoring.model import ModelSlot, load_model
@@ -35,24 +35,13 @@ def rows_of(
 
     run(MemorySource(messages, batch_size), MemorySink(), scorer, Stats(), on_batch=keep)
     parts.extend(slot.take_rows())
-    from models.rows import concat
 
     return concat(parts)
 
 
 def of_card(rows: ScoredRows, card: str) -> ScoredRows:
     """The rows of one card (the clock's ticks are requests too)."""
-    keep = [i for i, c in enumerate(rows.card_id) if c == card]
-    return ScoredRows(
-        event_id=[rows.event_id[i] for i in keep],
-        event_time_us=rows.event_time_us[keep],
-        card_id=[card] * len(keep),
-        terminal_id=[rows.terminal_id[i] for i in keep],
-        merchant_id=[rows.merchant_id[i] for i in keep],
-        features=rows.features[keep],
-        feature_names=rows.feature_names,
-        feature_version=rows.feature_version,
-    )
+    return take(rows, np.asarray(rows.card_id) == card)
 
 
 def column(rows: ScoredRows, name: str) -> list[float]:
