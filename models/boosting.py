@@ -24,9 +24,9 @@ from sklearn.isotonic import IsotonicRegression
 
 from monitor.scoring.boosting import Boosted
 
-MAX_ITER: Final = 100
-MAX_LEAF_NODES: Final = 15
-LEARNING_RATE: Final = 0.1
+MAX_ITER: Final = 300
+MAX_LEAF_NODES: Final = 31
+LEARNING_RATE: Final = 0.05
 CALIBRATION_SHARE: Final = 0.25  # of each class's rows, held out to fit the calibration
 PARITY_TOLERANCE: Final = 1e-9
 _PARITY_ROWS: Final = 2000
@@ -144,10 +144,13 @@ def fit_supervised(
     seed: int,
     calibrate: bool,
     columns: Sequence[int] | None = None,
+    weights: npt.NDArray[np.floating] | None = None,
 ) -> tuple[Boosted, Supervised]:
     """Fit the classifier on the rows `x` (rows x the feature vector; `columns` of it, all by
     default) labelled `y` (0 or 1), with an isotonic calibration on a held-out share of each
-    class when `calibrate`; check it against scikit-learn (SupervisedError beyond 1e-9)."""
+    class when `calibrate` (fitted unweighted: it maps the probabilities back to the frequencies
+    of the rows); `weights` weigh the rows in the fit; check it against scikit-learn
+    (SupervisedError beyond 1e-9)."""
     x = np.asarray(x)
     labels = np.asarray(y)
     if x.ndim != 2 or labels.shape != (x.shape[0],):
@@ -166,7 +169,11 @@ def fit_supervised(
         early_stopping=False,
         categorical_features=None,
         random_state=seed,
-    ).fit(x[fit_rows][:, used], fit_labels.astype(np.int64))
+    ).fit(
+        x[fit_rows][:, used],
+        fit_labels.astype(np.int64),
+        sample_weight=None if weights is None else np.asarray(weights, np.float64)[fit_rows],
+    )
     boosted = boosting_from_sklearn(classifier, used)
     isotonic: IsotonicRegression | None = None
     if calibrate:

@@ -10,17 +10,26 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monitor.cli.anomaly import DEFAULT_MODEL
 from monitor.cli.commands import UsageError
 from monitor.cli.settings import load_settings
+from monitor.core.text import printable
 from monitor.scoring.model import ModelError, load_model
 
+_KIND_LOSS = 0.1  # average precision lost on one kind that is worth a warning
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from models.rows import Replayed
     from models.train import Trained
+    from monitor.core.labels import Label
     from monitor.core.scored import ScoredRows
+    from monitor.scoring.model import Model
 
 
 def register(sub: Any) -> None:
@@ -62,6 +71,11 @@ def register(sub: Any) -> None:
     )
     train_.add_argument(
         "--force", action="store_true", help="write the model even if the champion is better"
+    )
+    train_.add_argument(
+        "--no-supervised",
+        action="store_true",
+        help="with --labels: fit the forests only (no supervised stage), judged the same way",
     )
     train_.set_defaults(handler=train_command)
 
@@ -108,8 +122,9 @@ def train_command(args: argparse.Namespace) -> int:
         raise UsageError("--alert-rate must be between 0 and 1 (for example 0.001)")
     settings = load_settings(args.config)
     started = time.perf_counter()
+    verdicts = [] if args.labels is None else _verdicts(args.labels)
     _say(f"replaying {len(args.events)} file(s) through the serving features ...")
-    replayed = replay_rows(args.events, settings.policy)
+    replayed = replay_rows(args.events, settings.policy, labels=verdicts)
     _say(
         f"{replayed.events:,} events, {len(replayed.rows):,} attempts in"
         f" {time.perf_counter() - started:.1f} s; fitting the forests ..."
@@ -124,7 +139,7 @@ def train_command(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
         else:
-            trained = _challenge(args, replayed.rows, replayed.events)
+            trained = _challenge(args, replayed, verdicts)
         trained.write(args.out)
     except TrainingError as exc:
         raise UsageError(str(exc)) from exc
@@ -133,49 +148,90 @@ def train_command(args: argparse.Namespace) -> int:
     card = trained.model.card
     print(
         f"model {card.version}: {card.training.rows:,} attempts, threshold"
-        f" {card.threshold:.4f} ({card.alert_rate:g} of attempts), written to {args.out}"
+        f" {card.threshold:.10g} ({card.alert_rate:g} of attempts), written to {args.out}"
         f" in {time.perf_counter() - started:.1f} s"
     )
     return 0
 
 
-def _challenge(args: argparse.Namespace, rows: ScoredRows, events: int) -> Trained:
-    """Fit before the held-back period, judge challenger and champion on it; refuse a worse
-    challenger unless `--force`."""
-    from models.labels import LabelsError, read_labels  # noqa: PLC0415
-    from models.train import TrainingError, average_precision, held_back_split, train  # noqa: PLC0415
+def _verdicts(path: Path) -> list[Label]:
+    from models.labels import LabelsError, read_verdicts  # noqa: PLC0415
+
+    try:
+        return read_verdicts(path)
+    except LabelsError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _challenge(args: argparse.Namespace, replayed: Replayed, verdicts: list[Label]) -> Trained:
+    """Fit before the held-back period (the supervised stage on the labels known by its start),
+    judge challenger and champion on it; refuse a worse challenger unless `--force`."""
+    import numpy as np  # noqa: PLC0415
+
+    from models.labels import read_labels, with_alerts  # noqa: PLC0415
+    from models.train import TrainingError, held_back_split, judge, train  # noqa: PLC0415
 
     if args.held_back_days <= 0 or args.gap_days < 0:
         raise UsageError("--held-back-days must be positive and --gap-days at least 0")
     try:
-        labels = read_labels(args.labels)
         champion = load_model(args.champion or DEFAULT_MODEL)
-    except (LabelsError, ModelError) as exc:
+    except ModelError as exc:
         raise UsageError(str(exc)) from exc
-    except OSError as exc:
-        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    rows = replayed.rows
     fit, judged = held_back_split(rows, held_back_days=args.held_back_days, gap_days=args.gap_days)
+    labels = with_alerts(read_labels(args.labels), verdicts, replayed.alerts)
+    known_by = int(judged.event_time_us.min()) if len(judged) else int(rows.event_time_us.max())
+    y = None
+    kinds: list[str | None] | None = None
+    notes: dict[str, int | float | str | None] = {}
+    if not args.no_supervised:
+        y = np.array([_known_fraud(labels.get(e), known_by) for e in fit.event_id], np.int8)
+        notes = {
+            "labels_file": args.labels.name,
+            "known_by": _rfc3339(known_by),
+            "gap_days": args.gap_days,
+            "held_back_days": args.held_back_days,
+        }
+        kinds = [
+            labels[e].kind if known else None for e, known in zip(fit.event_id, y, strict=True)
+        ]
+        _say(f"supervised stage: {int(y.sum()):,} of {len(y):,} attempts known as fraud")
+        if not y.any():
+            raise TrainingError(
+                f"no attempt before the gap is known as fraud by {_rfc3339(known_by)}: the"
+                " supervised stage cannot be fitted (--no-supervised fits the forests only)"
+            )
     trained = train(
         fit,
         files=[p.name for p in args.events],
-        events=events,
+        events=replayed.events,
         alert_rate=args.alert_rate,
         seed=args.seed,
+        labels=y,
+        kinds=kinds,
+        label_notes=notes,
     )
     positive = {event_id for event_id, label in labels.items() if label.label == 1}
-    ours = average_precision(trained.model, judged, positive)
-    theirs = average_precision(champion, judged, positive)
+    try:
+        verdict = judge(trained.model, champion, judged, positive)
+    except TrainingError:
+        if not args.force:
+            raise
+        verdict = None
+    ours = None if verdict is None else verdict.challenger
+    theirs = None if verdict is None else verdict.champion
     _say(
         f"held-back period: {len(judged):,} attempts; average precision: challenger"
         f" {_fmt(ours)}, champion {champion.version} {_fmt(theirs)}"
     )
-    if ours is None or theirs is None:
-        if not args.force:
+    if verdict is not None:
+        _by_kind(trained.model, champion, judged, labels)
+    if verdict is not None and verdict.worse and not args.force:
+        if ours is None or theirs is None:
             raise TrainingError(
                 "no attempt of the held-back period is labelled 1: the challenger cannot be"
                 " judged (not written; --force writes it)"
             )
-    elif ours < theirs and not args.force:
         raise TrainingError(
             f"the challenger is worse than the champion {champion.version} on the held-back"
             f" period (average precision {ours:.3f} against {theirs:.3f}): not written"
@@ -190,6 +246,39 @@ def _challenge(args: argparse.Namespace, rows: ScoredRows, events: int) -> Train
     )
 
 
+def _by_kind(
+    challenger: Model, champion: Model, judged: ScoredRows, labels: Mapping[str, Label]
+) -> None:
+    """Print each anomaly kind's average precision on the held-back period for both models;
+    warn when the challenger loses one the champion found (the gate judges all kinds together:
+    a frequent kind can hide the loss of a rare one)."""
+    from models.train import average_precision_by_kind  # noqa: PLC0415
+
+    kinds = {e: label.kind or "(no kind)" for e, label in labels.items() if label.label == 1}
+    ours = average_precision_by_kind(challenger, judged, kinds)
+    theirs = average_precision_by_kind(champion, judged, kinds)
+    for kind, value in ours.items():
+        shown = printable(kind)
+        _say(f"  {shown}: challenger {value:.3f}, champion {theirs[kind]:.3f}")
+        if theirs[kind] - value > _KIND_LOSS:
+            _say(
+                f"warning: the challenger ranks {shown} far worse than the champion"
+                f" ({value:.3f} against {theirs[kind]:.3f})"
+            )
+
+
+def _known_fraud(label: Label | None, known_by: int) -> int:
+    """1 when `label` says fraud and was known by `known_by` (no known_at: never known)."""
+    if label is None or label.label != 1:
+        return 0
+    known = label.known_at_us
+    return int(known is not None and known <= known_by)
+
+
+def _rfc3339(t_us: int) -> str:
+    return datetime.fromtimestamp(t_us / 1e6, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     try:  # matplotlib is the `report` extra, as for `posmon report`
         from models.evaluate import evaluate  # noqa: PLC0415 - see the module's docstring
@@ -197,7 +286,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise UsageError(
             f"posmon evaluate needs matplotlib: pip install 'posmon[report]' ({exc})"
         ) from exc
-    from models.labels import LabelsError, read_labels  # noqa: PLC0415
+    from models.labels import LabelsError, read_verdicts, with_alerts  # noqa: PLC0415
     from models.rows import replay_rows  # noqa: PLC0415
 
     _inputs(args.events)
@@ -205,7 +294,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise UsageError("--top-k must be at least 1")
     settings = load_settings(args.config)
     try:
-        labels = read_labels(args.labels)
+        verdicts = read_verdicts(args.labels)
         model = load_model(args.model or DEFAULT_MODEL)
         challenger = None if args.challenger is None else load_model(args.challenger)
     except (LabelsError, ModelError) as exc:
@@ -214,8 +303,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     against = "" if challenger is None else f" against {challenger.version}"
     _say(f"replaying {len(args.events)} file(s) with model {model.version}{against} ...")
-    # One replay scores both: the challenger as the shadow, on the same batches.
-    replayed = replay_rows(args.events, settings.policy, model, shadow=challenger)
+    # One replay scores both: the challenger as the shadow, on the same batches. The label
+    # features use the verdicts, each from its known_at, as the stream would.
+    replayed = replay_rows(args.events, settings.policy, model, shadow=challenger, labels=verdicts)
+    on_events = {v.event_id: v for v in verdicts if v.event_id is not None}
+    labels = with_alerts(on_events, verdicts, replayed.alerts)
     try:
         result = evaluate(
             replayed.rows,

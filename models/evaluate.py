@@ -11,7 +11,10 @@ computes for the model and for the baseline:
 - the precision of the top-k cards per UTC day (each day's k cards with the highest score that
   day; the share of them with a label-1 attempt that day; the mean over days): what an analyst
   reading k cards a day would find;
-- recall at the threshold per labelled anomaly kind.
+- recall at the threshold per labelled anomaly kind, and average precision per kind: for kind K
+  the rows labelled 1 of kind K are the positives and the rows labelled 0 or unlabelled the
+  negatives, the other kinds' positives left out (so a kind is judged on how its attempts rank
+  against the genuine traffic, not against the other anomalies).
 
 The baseline scores each row by its `amount_robust_z` feature (how far the amount lies from the
 card's recent amounts) and flags as many rows as the model does, so that the two precisions and
@@ -35,7 +38,7 @@ import numpy.typing as npt
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter, StrMethodFormatter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from models.labels import Label
@@ -74,6 +77,9 @@ class Figures(BaseModel):
     average_precision: float | None
     precision_top_k: float | None  # mean over UTC days of the top-k cards' share with a label 1
     recall_by_kind: dict[str, float]  # label-1 rows of each kind flagged / label-1 rows of it
+    # Average precision of each kind's label-1 rows against the rows labelled 0 or unlabelled
+    # (the other kinds' label-1 rows left out). Empty in an evaluation.json written before it.
+    average_precision_by_kind: dict[str, float] = Field(default_factory=dict)
 
 
 class Evaluation(BaseModel):
@@ -235,6 +241,7 @@ class _Context:
             average_precision=float(average_precision_score(y, scores)) if positives else None,
             precision_top_k=self._top_k(scores),
             recall_by_kind=self._recall_by_kind(flagged[y]),
+            average_precision_by_kind=self._average_precision_by_kind(scores),
         )
 
     def _recall_by_kind(self, flagged_positives: Bools) -> dict[str, float]:
@@ -243,6 +250,19 @@ class _Context:
             of_kind = self.kinds == kind
             recall[kind] = float(flagged_positives[of_kind].mean())
         return recall
+
+    def _average_precision_by_kind(self, scores: Floats) -> dict[str, float]:
+        """Per kind K: average precision of the label-1 rows of kind K (positives) against
+        the rows not labelled 1 (negatives); the label-1 rows of other kinds are left out."""
+        negatives = scores[~self.y]
+        positive_scores = scores[self.y]
+        figures: dict[str, float] = {}
+        for kind in sorted(set(self.kinds.tolist())):
+            ours = positive_scores[self.kinds == kind]
+            truth = np.concatenate((np.ones(len(ours), bool), np.zeros(len(negatives), bool)))
+            ranked = np.concatenate((ours, negatives))
+            figures[kind] = float(average_precision_score(truth, ranked))
+        return figures
 
     def _top_k(self, scores: Floats) -> float | None:
         """Each UTC day's top-k cards by their highest score that day (ties: the card id first
@@ -314,6 +334,11 @@ _MEANINGS = (
         "(mean over days)",
     ),
     ("recall by kind", "recall at the threshold over the label-1 rows of one anomaly kind"),
+    (
+        "average precision by kind",
+        "average precision of one anomaly kind's label-1 rows ranked among the rows labelled 0 "
+        "or unlabelled; the other kinds' label-1 rows are left out",
+    ),
     (
         "baseline",
         f"the card's amount z-score ({BASELINE_FEATURE}) as the score; it flags as many rows as "
@@ -439,7 +464,8 @@ def _chart_per_day(y: Bools, day: Ints, series: Sequence[_Series]) -> Figure | N
 
 
 def render_html(evaluation: Evaluation, charts: set[str]) -> str:
-    """The page: figures model against baseline, recall by kind, the charts, what each means."""
+    """The page: figures model against baseline, recall and average precision by kind, the
+    charts, what each means."""
     title = f"posmon evaluation: model {printable(evaluation.model_version)}"
     if evaluation.challenger_version is not None:
         title += f" against challenger {printable(evaluation.challenger_version)}"
@@ -458,7 +484,11 @@ def render_html(evaluation: Evaluation, charts: set[str]) -> str:
         "<h2>Figures</h2>",
         _figures_table(evaluation),
         "<h2>Recall by anomaly kind</h2>",
-        _kinds_table(evaluation),
+        _kinds_table(evaluation, "recall_by_kind", "recall"),
+        "<h2>Average precision by anomaly kind</h2>",
+        '<p class="note">Each kind\'s rows labelled 1 against the rows labelled 0 or unlabelled;'
+        " the other kinds' rows labelled 1 are left out.</p>",
+        _kinds_table(evaluation, "average_precision_by_kind", "average precision"),
         "<h2>Precision and recall</h2>",
         chart("precision_recall.png", "precision-recall curves", "No row is labelled 1."),
         "<h2>Scores</h2>",
@@ -478,11 +508,11 @@ def _overview(evaluation: Evaluation) -> str:
     items = [
         f"{'Champion' if evaluation.challenger else 'Model'}:"
         f" {printable(evaluation.model_version)}, features {printable(evaluation.feature_version)}",
-        f"Threshold: {evaluation.threshold:g} (alert when the score is above it)",
+        f"Threshold: {_threshold(evaluation.threshold)} (alert when the score is above it)",
         *(
             [
                 f"Challenger: {printable(evaluation.challenger_version or '')}, threshold"
-                f" {evaluation.challenger.threshold:g}"
+                f" {_threshold(evaluation.challenger.threshold)}"
             ]
             if evaluation.challenger is not None and evaluation.challenger.threshold is not None
             else []
@@ -505,7 +535,7 @@ def _number(value: float | int | None, kind: str = "ratio") -> str:
     if kind == "count":
         return f"{value:,}"
     if kind == "threshold":
-        return f"{value:.4g}"
+        return _threshold(value)
     return f"{value:.3f}"
 
 
@@ -547,23 +577,35 @@ def _columns(evaluation: Evaluation) -> list[tuple[str, Figures | None]]:
     ]
 
 
-def _kinds_table(evaluation: Evaluation) -> str:
+def _kinds_table(evaluation: Evaluation, field: str, name: str) -> str:
+    """One figure per anomaly kind (`field` of `Figures`, a mapping by kind), the scorers side
+    by side."""
     if not evaluation.positives_by_kind:
         return '<p class="note">No row is labelled 1.</p>'
     columns = _columns(evaluation)
+
+    def value(figures: Figures | None, kind: str) -> float | None:
+        by_kind: dict[str, float] = getattr(figures, field) if figures is not None else {}
+        return by_kind.get(kind)
+
     body = "".join(
         f'<tr><td>{escape(printable(kind))}</td><td class="n">{count:,}</td>'
         + "".join(
-            f'<td class="n">'
-            f"{escape(_number(figures.recall_by_kind.get(kind) if figures else None))}</td>"
-            for _, figures in columns
+            f'<td class="n">{escape(_number(value(figures, kind)))}</td>' for _, figures in columns
         )
         + "</tr>"
         for kind, count in evaluation.positives_by_kind.items()
     )
     head = (
         "<tr><th>kind</th><th>rows labelled 1</th>"
-        + "".join(f"<th>{escape(c)} recall</th>" for c, _ in columns)
+        + "".join(f"<th>{escape(c)} {escape(name)}</th>" for c, _ in columns)
         + "</tr>"
     )
     return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+
+
+def _threshold(value: float) -> str:
+    """A threshold with the digits it needs: a calibrated probability's can sit a hair below 1
+    (0.9999999998), which four digits would show as 1, a score no attempt can exceed."""
+    short = f"{value:.4g}"
+    return short if float(short) != 1.0 or value == 1.0 else f"{value:.10g}"

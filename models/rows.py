@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from monitor.core.alerts import Alert
+from monitor.core.labels import Label
 from monitor.core.scored import ScoredRows
 from monitor.scoring.features import FEATURE_VERSION, FEATURES
 from monitor.scoring.model import Model, ModelSlot
@@ -33,11 +34,14 @@ def replay_rows(
     model: Model | None = None,
     *,
     shadow: Model | None = None,
+    labels: Sequence[Label] = (),
     batch_size: int = 1000,
 ) -> Replayed:
-    """Replay the files (one stream, in the order given) and return every scored request."""
+    """Replay the files (one stream, in the order given) and return every scored request;
+    the label features use `labels`, each from its `known_at` (as `posmon replay --labels`)."""
     slot = ModelSlot(live=model, shadow=shadow, keep_rows=True)
     scorer, sink, stats = Scorer(policy, slot), MemorySink(), Stats()
+    scorer.learn(labels)
     rows: list[ScoredRows] = []
 
     def keep(_batch: object, _elapsed: float) -> None:
@@ -84,6 +88,7 @@ def concat(parts: Sequence[ScoredRows]) -> ScoredRows:
         model_version=first.model_version,
         shadow_score=scores("shadow_score"),
         shadow_version=first.shadow_version,
+        unsupervised_score=scores("unsupervised_score"),
     )
 
 
@@ -103,4 +108,7 @@ def take(rows: ScoredRows, keep: np.ndarray) -> ScoredRows:
         model_version=rows.model_version,
         shadow_score=None if rows.shadow_score is None else rows.shadow_score[index],
         shadow_version=rows.shadow_version,
+        unsupervised_score=None
+        if rows.unsupervised_score is None
+        else rows.unsupervised_score[index],
     )

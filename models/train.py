@@ -24,6 +24,7 @@ import sklearn
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score
 
+from models.boosting import SupervisedError, fit_supervised
 from models.export import forest_from_sklearn, npz_bytes
 from models.rows import take
 from monitor.core.scored import ScoredRows
@@ -33,14 +34,18 @@ from monitor.scoring.model import (
     ARRAYS,
     CARD,
     SCORE,
+    STAGE_INPUTS,
+    SUPERVISED_PREFIX,
     Bins,
     Member,
     Model,
     ModelCard,
     Parity,
+    Supervised,
     TrainingData,
     forest_prefix,
     model_from,
+    stage_score,
 )
 
 # The feature groups, one forest each, their scores averaged. Chosen by measurement on
@@ -103,8 +108,15 @@ def train(
     groups: Mapping[str, Sequence[str]] = GROUPS,
     trees: int = TREES,
     max_samples: int = MAX_SAMPLES,
+    labels: npt.NDArray[np.integer] | None = None,
+    kinds: Sequence[str | None] | None = None,
+    label_notes: Mapping[str, int | float | str | None] | None = None,
 ) -> Trained:
-    """Fit the model on `rows` (the features of replayed attempts)."""
+    """Fit the model on `rows` (the features of replayed attempts). With `labels` (0 or 1 per
+    row, as known when the model is fitted), a supervised stage too, over the features and the
+    forests' score: its calibrated probability becomes the score (`kinds`, the anomaly kind of
+    each row labelled 1, weigh the kinds: `kind_weights`; `label_notes` describe the labels on
+    the card: where they came from, the split)."""
     x = rows.features
     if len(rows) < max_samples:
         raise TrainingError(f"{len(rows)} attempts to train on; at least {max_samples} are needed")
@@ -130,23 +142,53 @@ def train(
     arrays: dict[str, npt.NDArray[np.generic]] = {}
     for i, forest in enumerate(forests):
         arrays.update(forest.arrays(forest_prefix(i)))
+    forest_scores = sum((f.score(x) for f in forests), np.zeros(len(x))) / len(forests)
+    scores, supervised = forest_scores, None
+    if labels is not None:
+        inputs = np.column_stack((x.astype(np.float64), forest_scores))
+        try:
+            stage, fitted = fit_supervised(
+                inputs,
+                labels,
+                seed=seed,
+                calibrate=True,
+                weights=None if kinds is None else kind_weights(labels, kinds),
+            )
+        except SupervisedError as exc:
+            raise TrainingError(f"the supervised stage: {exc}") from exc
+        arrays.update(stage.arrays(SUPERVISED_PREFIX))
+        scores = stage_score(stage, inputs)
+        supervised = Supervised(
+            features=list(STAGE_INPUTS),
+            calibrated=stage.calibration is not None,
+            labels={**fitted.as_dict(), **(label_notes or {})},
+        )
+        threshold = float(np.quantile(scores, 1.0 - alert_rate, method="higher"))
+        rule = (
+            f"the calibrated probability above which {alert_rate:g} of the training attempts"
+            " lie (the alert budget)"
+        )
+    else:
+        threshold = float(np.quantile(scores, 1.0 - alert_rate, method="higher"))
+        rule = (
+            f"the {100 * (1 - alert_rate):g}th percentile of the training attempts' scores:"
+            f" an alert budget of {alert_rate:g} of attempts"
+        )
     array_bytes = npz_bytes(arrays)
     sha = hashlib.sha256(array_bytes).hexdigest()
-    scores = sum((f.score(x) for f in forests), np.zeros(len(x))) / len(forests)
-    threshold = float(np.quantile(scores, 1.0 - alert_rate, method="higher"))
     parity_rows = np.unique(
         np.concatenate([_sample(len(x), _PARITY_ROWS // 2, seed), np.argsort(scores)[-4:]])
     )
+    # The version names the arrays and the features they read (the same forests over another
+    # feature version are another model).
+    named = hashlib.sha256(f"{sha} {FEATURE_VERSION}".encode()).hexdigest()
     card = ModelCard(
-        version=f"iforest-{sha[:12]}",
+        version=f"{'supervised' if supervised else 'iforest'}-{named[:12]}",
         feature_version=FEATURE_VERSION,
         features=list(FEATURES),
         members=members,
         threshold=threshold,
-        threshold_rule=(
-            f"the {100 * (1 - alert_rate):g}th percentile of the training attempts' scores:"
-            f" an alert budget of {alert_rate:g} of attempts"
-        ),
+        threshold_rule=rule,
         alert_rate=alert_rate,
         libraries={
             "scikit-learn": sklearn.__version__,
@@ -178,12 +220,38 @@ def train(
             SCORE: _bins(scores),
         },
         parity=[
-            Parity(features=[float(v) for v in x[i]], score=float(scores[i])) for i in parity_rows
+            Parity(
+                features=[float(v) for v in x[i]],
+                score=float(scores[i]),
+                unsupervised=None if supervised is None else float(forest_scores[i]),
+            )
+            for i in parity_rows
         ],
         arrays_sha256=sha,
+        supervised=supervised,
     )
     card_json = (card.model_dump_json(indent=1) + "\n").encode()
     return Trained(model_from(card, array_bytes), card_json, array_bytes)
+
+
+def kind_weights(
+    labels: npt.NDArray[np.integer], kinds: Sequence[str | None]
+) -> npt.NDArray[np.float64]:
+    """Row weights that keep one frequent anomaly kind from drowning the rare ones: the rows
+    labelled 1 of kind k weigh sqrt((1 / kinds) / share of k among the rows labelled 1), then
+    scaled so the rows labelled 1 weigh their number together (the classes keep their balance);
+    rows labelled 0 weigh 1. A row labelled 1 without a kind is a kind of its own ("")."""
+    weights = np.ones(len(labels))
+    positive = np.flatnonzero(np.asarray(labels) == 1)
+    if len(positive) == 0:
+        return weights
+    of = np.array([kinds[i] or "" for i in positive.tolist()])
+    names, counts = np.unique(of, return_counts=True)
+    share = dict(zip(names.tolist(), (counts / len(positive)).tolist(), strict=True))
+    target = 1.0 / len(names)
+    weights[positive] = [np.sqrt(target / share[k]) for k in of.tolist()]
+    weights[positive] *= len(positive) / weights[positive].sum()
+    return weights
 
 
 def _sample(n: int, k: int, seed: int) -> npt.NDArray[np.intp]:
@@ -226,6 +294,51 @@ def held_back_split(
         take(rows, rows.event_time_us < fit_until),
         take(rows, rows.event_time_us >= judged_from),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A challenger against the champion on the same held-back rows (average precision; None
+    when no row is labelled 1)."""
+
+    challenger: float | None
+    champion: float | None
+
+    @property
+    def worse(self) -> bool:
+        """Whether the challenger must not be published (unless forced): worse than the
+        champion, or not judged at all."""
+        if self.challenger is None or self.champion is None:
+            return True
+        return self.challenger < self.champion
+
+
+def judge(challenger: Model, champion: Model, rows: ScoredRows, positive: set[str]) -> Judgement:
+    """Both models' average precision on `rows` (the attempts in `positive` labelled 1). Raises
+    TrainingError when the champion reads other features (it cannot score these rows)."""
+    if champion.card.feature_version != rows.feature_version:
+        raise TrainingError(
+            f"the champion {champion.version} reads features {champion.card.feature_version!r},"
+            f" these rows are {rows.feature_version!r}: they cannot be compared"
+        )
+    return Judgement(
+        average_precision(challenger, rows, positive), average_precision(champion, rows, positive)
+    )
+
+
+def average_precision_by_kind(
+    model: Model, rows: ScoredRows, kinds: Mapping[str, str]
+) -> dict[str, float]:
+    """Per anomaly kind (`kinds`: the kind of each event_id labelled 1), the model's average
+    precision of that kind's rows against the rows not labelled 1 (other kinds left out)."""
+    scores = model.score(rows.features)
+    of = np.array([kinds.get(e, "") for e in rows.event_id])
+    negative = of == ""
+    figures: dict[str, float] = {}
+    for kind in sorted(set(of.tolist()) - {""}):
+        chosen = negative | (of == kind)
+        figures[kind] = float(average_precision_score(of[chosen] == kind, scores[chosen]))
+    return figures
 
 
 def average_precision(model: Model, rows: ScoredRows, positive: set[str]) -> float | None:

@@ -4,9 +4,12 @@ notebook cell holds no feature or figure logic and every step is tested as code.
 From the feature log a running posmon writes (`model.feature_log`, or `posmon replay
 --feature-log`) and a labels file: read the log back into rows (`read_feature_log`), look at the
 traffic and the alerts (`traffic_summary`, `alerts_summary`), at the labels and the alert budget
-(`labels_summary`, `budget_table`), retrain (`retrain`, on the earlier part of the log:
-`split_by_time`), compare the challenger with the champion on the later part (`compare`, through
-`models.evaluate`) and publish it where a running `posmon run` reloads it (`publish`).
+(`labels_summary`, `budget_table`), split the log in time (`split_for_retraining`: a fit period,
+a gap as long as the labels' delay, `label_delay_days`, and a judged period), retrain on the fit
+period (`retrain`: with labels, the supervised stage too, on the labels known by the end of the
+fit period), compare the challenger with the champion on the judged period (`compare`, through
+`models.evaluate`) and publish it where a running `posmon run` reloads it (`publish`: only a
+challenger the comparison found at least as good as the champion, unless forced).
 
 Tables are `Table`s (columns and rows of plain values, shown as HTML in a notebook, as text
 elsewhere, `dicts()` for code): pandas is not a dependency. Charts are `matplotlib.figure.Figure`s
@@ -19,7 +22,7 @@ from __future__ import annotations
 import io
 import os
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html import escape
@@ -37,7 +40,7 @@ from pydantic import ValidationError
 
 from models.evaluate import Evaluation, evaluate
 from models.labels import Label
-from models.train import Trained, train
+from models.train import Judgement, Trained, TrainingError, held_back_split, train
 from monitor.cli.anomaly import DEFAULT_MODEL
 from monitor.core.alerts import Alert
 from monitor.core.events import to_datetime
@@ -55,8 +58,12 @@ _DAY_US: Final = 86_400_000_000
 _HOUR_US: Final = 3_600_000_000
 _IDS: Final = ("event_id", "card_id", "terminal_id", "merchant_id")
 _SHADOW: Final = ("shadow_score", "shadow_version")
+_UNSUPERVISED: Final = "unsupervised_score"
+LABEL_DELAY_QUANTILE: Final = 0.95  # the labels' delay: by when this share of them is known
 
 Cell = str | int | float | None
+# Verdicts: in file order (`read_verdicts`), or by event_id as finally known (`read_labels`).
+Labels = Iterable[Label] | Mapping[str, Label]
 
 
 class FeatureLogError(ValueError):
@@ -140,7 +147,8 @@ def read_feature_log(directory: Path) -> ScoredRows:
 
     `score` is None when no row has one (logged without a model), NaN for the rows without one
     otherwise; `model_version` names the versions seen, in order, joined by ", " when a reload
-    changed it within the log; the shadow's columns are read when every file has them. Raises
+    changed it within the log; the shadow's columns are read when every file has them, and so is
+    `unsupervised_score` (the forests' score; files written before it have none). Raises
     `FeatureLogError` for a missing or empty directory, a file of another feature version (the
     schema's `posmon.feature_version`) or a file without a feature column.
     """
@@ -154,9 +162,10 @@ def read_feature_log(directory: Path) -> ScoredRows:
     wanted = [*_IDS, "event_time", "score", "model_version", *FEATURES]
     schemas = [fragment.physical_schema for fragment in fragments]
     shadow = all(set(_SHADOW) <= set(schema.names) for schema in schemas)
+    unsupervised = all(_UNSUPERVISED in schema.names for schema in schemas)
     for fragment, schema in zip(fragments, schemas, strict=True):
         _check_file(printable(str(fragment.path)), schema, wanted)
-    columns = [*wanted, *_SHADOW] if shadow else wanted
+    columns = [*wanted, *(_SHADOW if shadow else ()), *([_UNSUPERVISED] if unsupervised else [])]
     table = pa.concat_tables(fragment.to_table(columns=columns) for fragment in fragments)
     table = table.sort_by([("event_time", "ascending"), ("event_id", "ascending")])
     ids = np.asarray(table.column("event_id").to_pylist(), dtype=object)
@@ -215,6 +224,7 @@ def _rows(table: pa.Table, shadow: bool) -> ScoredRows:
         model_version=versions("model_version"),
         shadow_score=scores("shadow_score") if shadow else None,
         shadow_version=versions("shadow_version") if shadow else None,
+        unsupervised_score=scores(_UNSUPERVISED) if _UNSUPERVISED in table.column_names else None,
     )
 
 
@@ -232,6 +242,7 @@ def take(rows: ScoredRows, index: npt.NDArray[np.intp] | npt.NDArray[np.bool_]) 
         features=rows.features[at],
         score=None if rows.score is None else rows.score[at],
         shadow_score=None if rows.shadow_score is None else rows.shadow_score[at],
+        unsupervised_score=None if rows.unsupervised_score is None else rows.unsupervised_score[at],
     )
 
 
@@ -245,6 +256,86 @@ def split_by_time(rows: ScoredRows, earlier: float = 2 / 3) -> tuple[ScoredRows,
     t = rows.event_time_us
     cut = int(t.min()) + int((int(t.max()) - int(t.min())) * earlier)
     return take(rows, t < cut), take(rows, t >= cut)
+
+
+def label_delay_days(
+    rows: ScoredRows, labels: Labels, quantile: float = LABEL_DELAY_QUANTILE
+) -> float | None:
+    """How long after an attempt its label 1 is known: the `quantile` of the delays (`known_at`
+    minus the attempt's event time, in days) of the labels 1 on these rows; None when no such
+    label has a `known_at`. The gap to leave between fitting and judging a model."""
+    time_of = dict(zip(rows.event_id, rows.event_time_us.tolist(), strict=True))
+    delays = [
+        (known - time_of[label.event_id]) / _DAY_US
+        for label in _verdicts(labels)
+        if label.label == 1
+        and label.event_id in time_of
+        and (known := label.known_at_us) is not None
+    ]
+    return float(np.quantile(delays, quantile)) if delays else None
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainSplit:
+    """The log cut in time for retraining: the fit period, a gap as long as the labels' delay,
+    the judged period (the last `held_back_days`), as `models.train.held_back_split` (and
+    `posmon train --labels`) cuts it."""
+
+    fit: ScoredRows  # the attempts before `fit_until_us`
+    judged: ScoredRows  # the attempts from `judged_from_us`
+    fit_until_us: int  # the end of the fit period
+    judged_from_us: int
+    gap_days: float
+    held_back_days: float
+
+    def table(self) -> Table:
+        """The three periods: from, to, attempts."""
+        gap = self.judged_from_us - self.fit_until_us
+        first = _first(self.fit) if len(self.fit) else self.fit_until_us
+        return Table(
+            ("period", "from", "to", "attempts"),
+            [
+                ("fit", _rfc3339(first), _rfc3339(self.fit_until_us), len(self.fit)),
+                ("gap", _rfc3339(self.fit_until_us), _rfc3339(self.fit_until_us + gap), None),
+                (
+                    "judged",
+                    _rfc3339(self.judged_from_us),
+                    _rfc3339(int(self.judged.event_time_us.max())) if len(self.judged) else None,
+                    len(self.judged),
+                ),
+            ],
+            f"fit, a gap of {self.gap_days:.3g} days, judged {self.held_back_days:.3g} days",
+        )
+
+
+def split_for_retraining(
+    rows: ScoredRows, *, gap_days: float, held_back_days: float | None = None
+) -> RetrainSplit:
+    """The time-respecting split of `rows` (`models.train.held_back_split`): the last
+    `held_back_days` of event time are judged (default: the last third of the log's span), the
+    `gap_days` before them left out, the rest fitted on. Raises ValueError when a length is
+    negative or nothing is left to fit on or to judge."""
+    if len(rows) == 0:
+        raise ValueError("no attempts to split")
+    if not gap_days >= 0 or (held_back_days is not None and not held_back_days > 0):
+        raise ValueError("the gap must be at least 0 days and the judged period positive")
+    end = int(rows.event_time_us.max())
+    span_days = (end - _first(rows)) / _DAY_US
+    held_back = span_days / 3 if held_back_days is None else held_back_days
+    fit, judged = held_back_split(rows, held_back_days=held_back, gap_days=gap_days)
+    judged_from = end - round(held_back * _DAY_US)  # as held_back_split computes them
+    fit_until = judged_from - round(gap_days * _DAY_US)
+    if len(fit) == 0 or len(judged) == 0:
+        raise ValueError(
+            f"the log spans {span_days:.3g} days: a gap of {gap_days:.3g} days and a judged period"
+            f" of {held_back:.3g} days leave {len(fit):,} attempts to fit on and {len(judged):,}"
+            " to judge on"
+        )
+    return RetrainSplit(fit, judged, fit_until, judged_from, gap_days, held_back)
+
+
+def _first(rows: ScoredRows) -> int:
+    return int(rows.event_time_us.min())
 
 
 # -- the traffic and the alerts --------------------------------------------------------------
@@ -378,7 +469,7 @@ def labels_summary(rows: ScoredRows, labels: Mapping[str, Label]) -> Table:
         delays = [
             (lab.known_at.timestamp() * 1e6 - time_of[lab.event_id]) / _DAY_US
             for lab in matched
-            if lab.known_at is not None
+            if lab.known_at is not None and lab.event_id is not None
         ]
         median = float(np.median(delays)) if delays else None
         table.append((kind, len(group), len(matched), median))
@@ -459,13 +550,85 @@ def _positive(label: Label | None) -> bool:
 # -- retrain, compare, publish ---------------------------------------------------------------
 
 
+def known_labels(verdicts: Labels, known_by_us: int) -> dict[str, int]:
+    """The verdict on each purchase as it was known at `known_by_us` (epoch microseconds): of
+    its verdicts with a `known_at` at or before then, the one known last (the later line of the
+    file on a tie), as the scorer applies them. Verdicts without `known_at` (never known in
+    time) and verdicts on alerts do not count."""
+    known = sorted(
+        (
+            (at, line, verdict)
+            for line, verdict in enumerate(_verdicts(verdicts))
+            if verdict.event_id is not None
+            and (at := verdict.known_at_us) is not None
+            and at <= known_by_us
+        ),
+        key=lambda item: item[:2],
+    )
+    return {verdict.event_id: verdict.label for _, _, verdict in known if verdict.event_id}
+
+
 def retrain(
-    rows: ScoredRows, *, alert_rate: float, seed: int, source: str = "feature log"
+    rows: ScoredRows,
+    *,
+    alert_rate: float,
+    seed: int,
+    source: str = "feature log",
+    labels: Labels | None = None,
+    known_by_us: int | None = None,
 ) -> Trained:
     """A challenger fitted on `rows` by `models.train.train` (the shipped model's groups, trees
     and samples). The card's training data names `source` as its file and counts the attempts
-    as its events: a feature log holds no other events. Raises `TrainingError`."""
-    return train(rows, files=[source], events=len(rows), alert_rate=alert_rate, seed=seed)
+    as its events: a feature log holds no other events.
+
+    With `labels` (the verdicts in file order, `read_verdicts`, or the labels of `read_labels`),
+    the supervised stage too: a row is 1 when its verdict known at `known_by_us` (default: the
+    last attempt's time; pass the start of the judged period) is 1 (`known_labels`), 0 otherwise,
+    unlabelled or labelled later. Raises `TrainingError` (too few attempts, or too few known
+    labels 1 for the supervised stage and its calibration)."""
+    if labels is None:
+        return train(rows, files=[source], events=len(rows), alert_rate=alert_rate, seed=seed)
+    if len(rows) == 0:
+        raise TrainingError("no attempts to train on")
+    known_by = int(rows.event_time_us.max()) if known_by_us is None else known_by_us
+    verdicts = _verdicts(labels)
+    known = known_labels(verdicts, known_by)
+    y = np.fromiter((known.get(e) == 1 for e in rows.event_id), bool, count=len(rows))
+    final = {v.event_id: v.label for v in verdicts if v.event_id is not None}
+    unknown = sum(1 for e in rows.event_id if final.get(e) == 1 and known.get(e) != 1)
+    ones = int(y.sum())
+    kind = {v.event_id: v.kind for v in verdicts if v.event_id is not None}
+    kinds = [kind.get(e) if one else None for e, one in zip(rows.event_id, y.tolist(), strict=True)]
+    notes: dict[str, int | float | str | None] = {
+        "source": "labels",
+        "known_by": _rfc3339(known_by),
+        "rows_labelled_1_known": ones,
+        "rows_labelled_1_not_known_by_then": unknown,
+    }
+    try:
+        return train(
+            rows,
+            files=[source],
+            events=len(rows),
+            alert_rate=alert_rate,
+            seed=seed,
+            labels=y.astype(np.int64),
+            kinds=kinds,
+            label_notes=notes,
+        )
+    except TrainingError as exc:
+        raise TrainingError(
+            f"{exc}; {ones:,} of the {len(rows):,} attempts are known as labelled 1 by"
+            f" {_rfc3339(known_by)} ({unknown:,} more are labelled 1 but were not known by"
+            " then). Fit on a longer period, or without labels (labels=None)"
+        ) from exc
+
+
+def _verdicts(labels: Labels) -> list[Label]:
+    """The verdicts of `labels`: an iterable of them, or a mapping (by event_id) of them."""
+    if isinstance(labels, Mapping):
+        return list(labels.values())
+    return list(labels)
 
 
 def score(rows: ScoredRows, model: Model) -> ScoredRows:
@@ -484,6 +647,22 @@ class Comparison:
 
     champion: Evaluation
     challenger: Evaluation
+
+    @property
+    def judgement(self) -> Judgement:
+        """The two models' average precision on the judged rows (`worse`: the challenger is
+        worse than the champion, or could not be judged)."""
+        return Judgement(
+            self.challenger.model.average_precision, self.champion.model.average_precision
+        )
+
+    def card_figures(self) -> dict[str, float | int | None]:
+        """The judgement as `posmon train --labels` writes it into the challenger's card."""
+        return {
+            "held_back_rows": self.challenger.rows,
+            "held_back_average_precision": self.challenger.model.average_precision,
+            "champion_average_precision": self.champion.model.average_precision,
+        }
 
     def table(self) -> Table:
         """The figures side by side."""
@@ -511,6 +690,11 @@ class Comparison:
                     a.model.recall_by_kind.get(kind),
                     b.model.recall_by_kind.get(kind),
                 )
+            )
+        by_kind = (a.model.average_precision_by_kind, b.model.average_precision_by_kind)
+        for kind in sorted(set(by_kind[0]) | set(by_kind[1])):
+            figures.append(
+                (f"average precision of {kind}", by_kind[0].get(kind), by_kind[1].get(kind))
             )
         return Table(("figure", "champion", "challenger"), list(figures), "champion, challenger")
 
@@ -541,12 +725,16 @@ def compare(
     return Comparison(*evaluations)
 
 
-def read_comparison(out: Path) -> Comparison:
-    """The comparison `compare` wrote into `out` (its two `evaluation.json`)."""
-    champion, challenger = (
-        Evaluation.model_validate_json((out / role / "evaluation.json").read_bytes())
-        for role in ("champion", "challenger")
-    )
+def read_comparison(out: Path) -> Comparison | None:
+    """The comparison `compare` wrote into `out` (its two `evaluation.json`); None when there is
+    none (no comparison was made there). Raises ValueError for files that are not evaluations."""
+    paths = [out / role / "evaluation.json" for role in ("champion", "challenger")]
+    if not all(path.is_file() for path in paths):
+        return None
+    try:
+        champion, challenger = (Evaluation.model_validate_json(path.read_bytes()) for path in paths)
+    except ValidationError as exc:
+        raise ValueError(f"{printable(str(out))}: not a comparison written by compare") from exc
     return Comparison(champion, challenger)
 
 
@@ -561,10 +749,99 @@ def load_trained(directory: Path) -> Trained:
     return Trained(checked, card_json, arrays)
 
 
-def publish(trained: Trained, directory: Path) -> Model:
+class PublishError(ValueError):
+    """The gate: the challenger is worse than the champion, or was never judged; one line."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Decision:
+    """Whether a challenger may be published, from the comparison that judged it."""
+
+    publish: bool
+    reason: str
+    challenger: str  # the version
+    champion: str | None  # None: never judged
+    challenger_average_precision: float | None
+    champion_average_precision: float | None
+    judged_rows: int | None
+
+    def table(self) -> Table:
+        figures: list[tuple[Cell, ...]] = [
+            ("decision", "publish" if self.publish else "refuse"),
+            ("why", self.reason),
+            ("challenger", self.challenger),
+            ("champion", self.champion),
+            ("judged attempts", self.judged_rows),
+            ("challenger average precision", self.challenger_average_precision),
+            ("champion average precision", self.champion_average_precision),
+        ]
+        return Table(("field", "value"), figures, "the publish gate")
+
+    def __str__(self) -> str:
+        return str(self.table())
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_()
+
+
+def publish_decision(challenger: Model, comparison: Comparison | None) -> Decision:
+    """The gate: a challenger may be published when `comparison` (`compare`'s, or
+    `read_comparison`'s) judged this very model (its version) and found its average precision
+    on the judged attempts at least the champion's. It may not when it was never judged (no
+    comparison, a comparison of another model, no judged attempt labelled 1) or is worse."""
+    version = challenger.version
+    if comparison is None:
+        reason = "never judged: no comparison of it"
+        return Decision(False, reason, version, None, None, None, None)
+    judged = comparison.challenger
+    mine, theirs = judged.model.average_precision, comparison.champion.model.average_precision
+    champion = comparison.champion.model_version
+
+    def decision(publish: bool, reason: str) -> Decision:
+        return Decision(publish, reason, version, champion, mine, theirs, judged.rows)
+
+    if judged.model_version != printable(version):
+        return decision(
+            False,
+            f"never judged: the comparison judged {printable(judged.model_version)}, not this"
+            " challenger",
+        )
+    judgement = comparison.judgement
+    if judgement.challenger is None or judgement.champion is None:
+        return decision(False, "never judged: no judged attempt is labelled 1")
+    if judgement.worse:
+        return decision(
+            False,
+            f"worse than the champion {printable(champion)}: average precision"
+            f" {judgement.challenger:.4f} against {judgement.champion:.4f} on"
+            f" {judged.rows:,} judged attempts",
+        )
+    return decision(
+        True,
+        f"at least as good as the champion {printable(champion)}: average precision"
+        f" {judgement.challenger:.4f} against {judgement.champion:.4f} on {judged.rows:,} judged"
+        " attempts",
+    )
+
+
+def publish(
+    trained: Trained, directory: Path, *, comparison: Comparison | None, force: bool = False
+) -> Model:
     """Write the model into `directory` (`Trained.write`: the arrays, then the card, each
     renamed into place) and load it back as posmon will. Point `model.path` of `posmon run` at
-    `directory`: it reloads a changed artifact within `reload_every`, or at once on SIGHUP."""
+    `directory`: it reloads a changed artifact within `reload_every`, or at once on SIGHUP.
+
+    The gate (`publish_decision`): raises `PublishError`, writing nothing, when `comparison`
+    found the challenger worse than the champion or never judged it, unless `force`."""
+    decision = publish_decision(trained.model, comparison)
+    if not decision.publish and not force:
+        raise PublishError(
+            f"challenger {printable(decision.challenger)} not published: {decision.reason}"
+            " (force=True publishes it anyway)"
+        )
     trained.write(directory)
     return load_model(directory)
 
@@ -582,9 +859,23 @@ def card_table(model: Model) -> Table:
         ("training from", card.training.first_event),
         ("training to", card.training.last_event),
         ("seed", card.training.seed),
-        *((f"library {k}", v) for k, v in sorted(card.libraries.items())),
     ]
+    stage = card.supervised
+    if stage is not None:
+        calibrated = ", calibrated" if stage.calibrated else ""
+        figures.append(
+            ("supervised stage", f"{stage.kind} over {len(stage.features)} inputs{calibrated}")
+        )
+        figures.extend((f"labels: {k}", v) for k, v in stage.labels.items())
+    figures.extend((k, v) for k, v in card.evaluation.items() if k in _JUDGEMENT)
+    figures.extend((f"library {k}", v) for k, v in sorted(card.libraries.items()))
     return Table(("field", "value"), figures, "model card")
+
+
+# The judgement `posmon train --labels` (and `Comparison.card_figures`) writes into a card.
+_JUDGEMENT: Final = frozenset(
+    ("held_back_rows", "held_back_average_precision", "champion_average_precision")
+)
 
 
 # -- charts and times ------------------------------------------------------------------------

@@ -47,11 +47,13 @@ def fresh_topic(broker: EmbeddedBroker, partitions: int = 6) -> str:
 
 
 def kafka_settings(broker: EmbeddedBroker, topic: str, **overrides: Any) -> KafkaSettings:
-    """Settings for `topic` on `broker`: its alerts topic, a group of its own, test timings."""
+    """Settings for `topic` on `broker`: its alerts and labels topics (a test's own, not the
+    session's shared `posmon.labels`), a group of its own, test timings."""
     values: dict[str, Any] = {
         "bootstrap_servers": broker.bootstrap_servers,
         "topic": topic,
         "alerts_topic": f"{topic}.alerts",
+        "labels_topic": f"{topic}.labels",
         "group": f"{topic}-group",
         **TEST_TIMINGS,
         **overrides,
@@ -68,6 +70,7 @@ def monitor_environ(settings: KafkaSettings, metrics_port: int, **extra: str) ->
         "POSMON_KAFKA__TOPIC": settings.topic,
         "POSMON_KAFKA__GROUP": settings.group,
         "POSMON_KAFKA__ALERTS_TOPIC": settings.alerts_topic,
+        "POSMON_KAFKA__LABELS_TOPIC": settings.labels_topic or "",
         "POSMON_KAFKA__SESSION_TIMEOUT_MS": str(TEST_TIMINGS["session_timeout_ms"]),
         "POSMON_KAFKA__HEARTBEAT_INTERVAL_MS": str(TEST_TIMINGS["heartbeat_interval_ms"]),
         "POSMON_KAFKA__IDLE_PARTITION_S": "1",

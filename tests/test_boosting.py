@@ -12,6 +12,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.isotonic import IsotonicRegression
 
 from models.boosting import (
+    MAX_ITER,
     PARITY_TOLERANCE,
     SupervisedError,
     boosting_from_sklearn,
@@ -158,7 +159,7 @@ def test_fit_supervised_is_deterministic_and_checked() -> None:
     assert details.rows + details.calibration_rows == len(y)
     assert details.positives + details.calibration_positives == int(y.sum())
     assert details.calibration_rows == pytest.approx(0.25 * len(y), abs=2)
-    assert details.trees == first.trees == 100
+    assert details.trees == first.trees == MAX_ITER
     assert details.parity_error <= PARITY_TOLERANCE
     assert first.calibration is not None and details.calibration_points == len(first.calibration.x)
     assert set(details.as_dict()) >= {"rows", "trees", "seed", "sklearn", "parity_error"}
@@ -250,3 +251,23 @@ def test_arrays_that_make_no_model_are_refused() -> None:
         partial = {k: v for k, v in good.items() if k != missing}
         with pytest.raises(ValueError, match=r"missing|both"):
             Boosted.from_arrays(partial, "")
+
+
+def test_weights_change_the_fit_and_stay_checked() -> None:
+    """Weighted rows fit another classifier, still equal to scikit-learn's; kind weights give
+    each kind's rows labelled 1 the square root of its shortfall, their total unchanged."""
+    from models.train import kind_weights
+
+    x, y = _data(7)
+    plain, _ = fit_supervised(x, y, seed=3, calibrate=False)
+    weights = np.where(y == 1, 5.0, 1.0)
+    weighed, details = fit_supervised(x, y, seed=3, calibrate=False, weights=weights)
+    assert details.parity_error <= PARITY_TOLERANCE
+    assert not np.array_equal(plain.raw(x), weighed.raw(x))
+    labels = np.array([1, 1, 1, 1, 1, 0, 0])
+    kinds = ["a", "a", "a", "a", "b", None, None]
+    w = kind_weights(labels, kinds)
+    # a: share 0.8 of the positives, b: 0.2; target 0.5 each.
+    raw = np.array([np.sqrt(0.5 / 0.8)] * 4 + [np.sqrt(0.5 / 0.2)])
+    np.testing.assert_allclose(w[:5], raw * 5 / raw.sum())
+    assert w[5:].tolist() == [1.0, 1.0] and w[:5].sum() == pytest.approx(5)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score
 
 from models.evaluate import BASELINE_FEATURE, CHARTS, NO_KIND, Evaluation, evaluate
 from models.labels import Label, LabelsError, read_labels
@@ -215,6 +217,96 @@ def test_recall_per_labelled_kind(tmp_path: Path) -> None:
     assert baseline is not None  # a budget of three: z 9, 8, then 0, where the rest tie: all six
     assert baseline.alerts == 6
     assert baseline.recall_by_kind["card_testing"] == 1.0
+
+
+def kinds_case() -> tuple[ScoredRows, dict[str, Label]]:
+    """Eight rows: two of kind a, two of kind b, one labelled 0, three unlabelled."""
+    rows = scored(
+        [0.95, 0.3, 0.9, 0.85, 0.8, 0.5, 0.2, 0.1], z=[0, 1, 7, 6, 0, 5, 0, 3]
+    )  # rows:  a+    a+   b+   b+   0    -    -    -
+    labels = {
+        **positives(0, 1, kind="a"),
+        **positives(2, 3, kind="b"),
+        "e4": Label(event_id="e4", label=0),
+    }
+    return rows, labels
+
+
+def test_average_precision_per_kind_against_the_rows_not_labelled_1(tmp_path: Path) -> None:
+    rows, labels = kinds_case()
+    assert rows.score is not None
+    z = rows.features[:, NAMES.index(BASELINE_FEATURE)].astype(np.float64)
+    result = evaluate(rows, labels, threshold=0.6, model_version="m", out=tmp_path)
+    negatives = [4, 5, 6, 7]  # labelled 0 or unlabelled
+    for scorer, scores in ((result.model, rows.score), (result.baseline, z)):
+        assert scorer is not None
+        for kind, own in (("a", [0, 1]), ("b", [2, 3])):
+            subset = own + negatives  # the other kind's positives are not in it
+            truth = [1] * len(own) + [0] * len(negatives)
+            expected = average_precision_score(truth, scores[subset])
+            assert scorer.average_precision_by_kind[kind] == pytest.approx(expected, abs=1e-15)
+    # By hand. Model, kind a ranked among the negatives: 0.95 (a), 0.8, 0.5, 0.3 (a), 0.2, 0.1:
+    # precision 1/1 at the first hit, 2/4 at the second. Kind b: both its rows lead.
+    assert result.model.average_precision_by_kind == {
+        "a": pytest.approx((1 / 1 + 2 / 4) / 2),
+        "b": 1.0,
+    }
+    # Baseline (z), kind b: z 7 and 6 lead the negatives' 0, 5, 0, 3.
+    assert result.baseline is not None
+    assert result.baseline.average_precision_by_kind["b"] == 1.0
+    stored = Evaluation.model_validate_json((tmp_path / "evaluation.json").read_bytes())
+    assert stored.model.average_precision_by_kind == result.model.average_precision_by_kind
+    assert set(stored.model.average_precision_by_kind) == set(result.positives_by_kind)
+
+
+def test_other_kinds_positives_are_not_negatives_of_a_kind(tmp_path: Path) -> None:
+    # Kind b's rows score above kind a's second row: counted as negatives of kind a, they would
+    # pull its average precision down to (1/1 + 2/6) / 2, and its figure would be the one of
+    # every label-1 row against the rest.
+    rows, labels = kinds_case()
+    assert rows.score is not None
+    result = evaluate(rows, labels, threshold=0.6, model_version="m", out=tmp_path)
+    a = result.model.average_precision_by_kind["a"]
+    assert a == pytest.approx(0.75)
+    wrong = average_precision_score([1, 1, 0, 0, 0, 0, 0, 0], rows.score)
+    assert wrong == pytest.approx((1 / 1 + 2 / 6) / 2) and a != pytest.approx(wrong)
+    # With kind b's rows relabelled as kind a, they are a's positives: one kind, judged as all.
+    merged = {**labels, **positives(2, 3, kind="a")}
+    together = evaluate(rows, merged, threshold=0.6, model_version="m", out=tmp_path)
+    truth = [1, 1, 1, 1, 0, 0, 0, 0]
+    assert together.model.average_precision_by_kind == {
+        "a": pytest.approx(average_precision_score(truth, rows.score))
+    }
+
+
+def test_average_precision_per_kind_of_challenger_and_on_the_page(tmp_path: Path) -> None:
+    rows, labels = kinds_case()
+    shadow = np.asarray([0.1, 0.2, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    rows = replace(rows, shadow_score=shadow, shadow_version="c-test")
+    result = evaluate(
+        rows, labels, threshold=0.6, model_version="m", out=tmp_path, challenger=("c", 0.5)
+    )
+    assert result.challenger is not None
+    negatives = [4, 5, 6, 7]
+    assert result.challenger.average_precision_by_kind == {
+        "a": pytest.approx(average_precision_score([1, 1, 0, 0, 0, 0], shadow[[0, 1, *negatives]])),
+        "b": 1.0,
+    }
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    section = page.split("<h2>Average precision by anomaly kind</h2>")[1].split("<h2>")[0]
+    assert "<th>champion average precision</th><th>challenger average precision</th>" in section
+    assert "<th>baseline average precision</th>" in section
+    a_row = section.split("<td>a</td>")[1].split("</tr>")[0]
+    assert f'<td class="n">{result.model.average_precision_by_kind["a"]:.3f}</td>' in a_row
+    assert f'<td class="n">{result.challenger.average_precision_by_kind["a"]:.3f}</td>' in a_row
+    # Without positives there is no table, and an older evaluation.json (no figure by kind)
+    # still reads.
+    evaluate(rows, {}, threshold=0.6, model_version="m", out=tmp_path / "none")
+    none = (tmp_path / "none" / "index.html").read_text(encoding="utf-8")
+    assert none.count("No row is labelled 1.") >= 2
+    old = json.loads((tmp_path / "evaluation.json").read_text(encoding="utf-8"))
+    del old["model"]["average_precision_by_kind"]
+    assert Evaluation.model_validate(old).model.average_precision_by_kind == {}
 
 
 def test_unlabelled_rows_are_label_0_and_stray_labels_are_counted(tmp_path: Path) -> None:

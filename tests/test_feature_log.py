@@ -71,7 +71,15 @@ def test_round_trip(tmp_path: Path) -> None:
     assert schema.field("score").type == pa.float64()
     assert schema.field("model_version").type == pa.string()
     assert "shadow_score" not in schema.names
-    fixed = ["event_id", "event_time", "card_id", "terminal_id", "merchant_id", "score"]
+    fixed = [
+        "event_id",
+        "event_time",
+        "card_id",
+        "terminal_id",
+        "merchant_id",
+        "score",
+        "unsupervised_score",
+    ]
     assert schema.names[: len(fixed) + 1 + len(NAMES)] == [*fixed, "model_version", *NAMES]
     assert all(schema.field(n).type == pa.float32() for n in NAMES)
     times = table.column("event_time").cast(pa.int64()).to_pylist()
@@ -157,7 +165,7 @@ def test_a_new_feature_set_starts_new_files(tmp_path: Path) -> None:
         log.write(scored([T0 + 2], first=2, shadow=True, names=("hour_sin", "hour_cos")))
         log.write(scored([]))
     schemas = [pq.read_schema(p).names for p in files(tmp_path)]
-    assert sorted(len(s) for s in schemas) == [9, 10, 11]
+    assert sorted(len(s) for s in schemas) == [10, 11, 12]
     assert sum("shadow_score" in s for s in schemas) == 1
     with pytest.raises(ValueError, match=r"clash.*score"):
         FeatureLog(tmp_path).write(scored([T0], names=("score", "x")))

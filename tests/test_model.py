@@ -165,7 +165,8 @@ def test_the_same_rows_and_seed_give_the_same_bytes(model: Trained, replayed: Re
 def test_the_card_says_what_the_model_is(model: Trained, replayed: Replayed) -> None:
     card = model.model.card
     assert card.arrays_sha256 == hashlib.sha256(model.arrays).hexdigest()
-    assert card.version == f"iforest-{card.arrays_sha256[:12]}"
+    named = hashlib.sha256(f"{card.arrays_sha256} {card.feature_version}".encode()).hexdigest()
+    assert card.version == f"iforest-{named[:12]}"
     assert card.training.rows == len(replayed.rows) and card.training.files == ["events.jsonl"]
     assert card.training.seed == 1
     assert [m.trees for m in card.members] == [TREES] * len(card.members)

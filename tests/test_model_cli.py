@@ -128,7 +128,7 @@ def test_train_refuses_a_challenger_worse_than_the_champion_on_the_held_back_day
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    train = ["train", str(events), "--held-back-days", "1", "--gap-days", "0.5"]
+    train = ["train", str(events), "--held-back-days", "1", "--gap-days", "0.5", "--no-supervised"]
     champions = labels_for(champion.score(judged.features), "champion.jsonl")
     refused = tmp_path / "refused"
     assert main([*train, "--labels", str(champions), "--out", str(refused)]) == 2
@@ -152,3 +152,54 @@ def test_train_refuses_a_challenger_worse_than_the_champion_on_the_held_back_day
     )
     assert ours is not None and theirs is not None and ours >= theirs
     assert card.training.rows < len(rows) - len(judged)  # fitted before the gap only
+
+
+def test_train_with_labels_fits_a_supervised_stage_that_scores_as_its_arrays(
+    tmp_path: Path,
+) -> None:
+    """Labels known an hour after each anomaly: the written model has a supervised stage; its
+    score is the calibrated probability over the features and the forests' score; a replay
+    with it writes both scores to the feature log."""
+    from models.rows import replay_rows
+    from monitor.scoring.model import STAGE_INPUTS, stage_score
+    from monitor.scoring.policy import Policy
+
+    events = tmp_path / "events.jsonl"
+    labels = tmp_path / "labels.jsonl"
+    write_simulation(SimulationSpec(hours=96, seed=23, merchants=8), events, labels)
+    soon = tmp_path / "soon.jsonl"
+    rows = replay_rows([events], Policy()).rows
+    time_of = dict(zip(rows.event_id, rows.event_time_us.tolist(), strict=True))
+    lines = []
+    for line in labels.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("label") == 1 and record["event_id"] in time_of:
+            t = time_of[record["event_id"]] + 3_600_000_000
+            known = np.datetime_as_string(np.datetime64(t, "us"), unit="us") + "Z"
+            lines.append(json.dumps({**record, "known_at": known}))
+    soon.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "supervised"
+    train = ["train", str(events), "--labels", str(soon), "--out", str(out), "--force"]
+    assert main([*train, "--held-back-days", "1", "--gap-days", "0.1"]) == 0
+    model = load_model(out)
+    card = model.card
+    assert model.stage is not None and card.supervised is not None
+    assert card.version.startswith("supervised-") and card.supervised.calibrated
+    assert card.supervised.features == list(STAGE_INPUTS)
+    assert int(card.supervised.labels["positives"] or 0) > 0
+    x = rows.features[:500]
+    score, forests = model.scores(x)
+    inputs = np.column_stack((x.astype(np.float64), forests))
+    np.testing.assert_array_equal(score, stage_score(model.stage, inputs))
+    calibrated = model.stage.score(inputs)  # scikit-learn's calibrated probability (parity tested)
+    assert np.max(np.abs(score - calibrated)) <= 1e-6
+    assert np.all((score >= 0) & (score <= 1))
+    log = tmp_path / "log"
+    replayed = ["replay", str(events), "--alerts", str(tmp_path / "a.jsonl"), "--quiet"]
+    assert (
+        main([*replayed, "--model", str(out), "--labels", str(soon), "--feature-log", str(log)])
+        == 0
+    )
+    table = ds.dataset(log, partitioning="hive").to_table()
+    assert table.num_rows == len(rows)
+    assert table.column("score").to_pylist() != table.column("unsupervised_score").to_pylist()

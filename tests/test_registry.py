@@ -164,7 +164,7 @@ def test_a_disabled_detector_is_not_built() -> None:
 
 def test_the_scorer_adds_up_the_tallies_and_sizes_of_its_detectors() -> None:
     scorer = Scorer(_policy())
-    assert scorer.tallies() == {"small_attempts": 0, "odd_seen": 0}
+    assert scorer.tallies() == {"labels_unused": 0, "small_attempts": 0, "odd_seen": 0}
     assert set(scorer.state_sizes()) == {
         "attempts",
         "dedup_ids",

@@ -11,11 +11,13 @@ import argparse
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -31,13 +33,15 @@ from monitor.cli.settings import ModelSettings, Settings, config_path, load_sett
 from monitor.cli.summary import print_summary
 from monitor.core.alerts import alert_json_schema
 from monitor.core.events import event_json_schema
+from monitor.core.labels import LabelError, label_of
+from monitor.core.text import printable
 from monitor.observability.endpoints import Endpoints
 from monitor.paging.metrics import DispatchMetrics
 from monitor.scoring.pipeline import MemorySource, Stats
 from monitor.scoring.pipeline import run as run_scoring
 from monitor.scoring.scorer import Scorer
 from monitor.simulation.simulator import Simulation, SimulationSpec, write_simulation
-from monitor.streaming.client import PublishInterrupted
+from monitor.streaming.client import DeliveryFailed, PublishInterrupted
 from monitor.streaming.connect import connect, wait_for_broker
 from monitor.streaming.featurelog import FeatureLog
 from monitor.streaming.files import (
@@ -47,6 +51,8 @@ from monitor.streaming.files import (
     read_messages,
     refuse_collisions,
 )
+from monitor.streaming.labelsfile import LabelsError, read_verdicts
+from monitor.streaming.labelstopic import KafkaLabels, send_label
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.sink import KafkaSink
 from monitor.streaming.source import KafkaSource
@@ -74,7 +80,11 @@ def replay(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     dlq = args.dlq or args.alerts.with_name(f"{_stem(args.alerts)}.dlq.jsonl")
     _refuse_collisions(
-        {"the input": args.input, **_config_input(args.config)},
+        {
+            "the input": args.input,
+            **_config_input(args.config),
+            **({} if args.labels is None else {"--labels": args.labels}),
+        },
         {"--alerts": args.alerts, "--dlq": dlq},
     )
     try:
@@ -87,6 +97,11 @@ def replay(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         raise UsageError(str(exc)) from exc
     scorer, stats = Scorer(settings.policy, slot), Stats()
+    if args.labels is not None:
+        try:
+            scorer.learn(read_verdicts(args.labels))
+        except LabelsError as exc:
+            raise UsageError(str(exc)) from exc
     _tune_gc()
     started = time.perf_counter()
     source = MemorySource(read_messages(args.input), args.batch_size)
@@ -234,11 +249,13 @@ def run(args: argparse.Namespace) -> int:
     if clients is None:
         log.info("stopped before the Kafka broker answered")
         return 0
+    source, sink, labels = clients
     try:
-        service = Service(settings, *clients, stop=stop)
+        service = Service(settings, source, sink, labels=labels, stop=stop)
     except ModelLoadError as exc:
         for client in clients:
-            client.close()
+            if client is not None:
+                client.close()
         raise UsageError(str(exc)) from exc
     signal.signal(signal.SIGHUP, lambda *_: service.reload_model())
     log.info(
@@ -248,6 +265,10 @@ def run(args: argparse.Namespace) -> int:
         settings.kafka.group,
         service.endpoints.port,
     )
+    if labels is None:
+        log.info("no labels topic (kafka.labels_topic is empty): no verdicts are read")
+    else:
+        log.info("labels from %s, every partition, without a group", labels.topic)
     model = service.model
     if model is None or model.live is None:
         log.info("no anomaly model: model_outlier is off")
@@ -288,11 +309,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _connect(
     settings: Settings, stop: threading.Event, log: logging.Logger
-) -> tuple[KafkaSource, KafkaSink] | None:
+) -> tuple[KafkaSource, KafkaSink, KafkaLabels | None] | None:
     """The Kafka clients of `posmon run` once the broker answers (`streaming.connect`), or None
-    when stopped first. Meanwhile /healthz says 200 (the process is fine, only waiting) and
-    /readyz 503, on the metrics port; the service's own endpoints take the port over after.
-    A process about to exit leaves them be: stopping them waits up to half a second."""
+    when stopped first: the source, the sink and the labels topic's reader (None when
+    `kafka.labels_topic` is empty). Meanwhile /healthz says 200 (the process is fine, only
+    waiting) and /readyz 503, on the metrics port; the service's own endpoints take the port
+    over after. A process about to exit leaves them be: stopping them waits up to half a
+    second."""
     kafka = settings.kafka
     waiting = f"waiting for the Kafka broker at {kafka.bootstrap_servers}"
     log.info("%s (kafka.startup_timeout: %g s)", waiting, kafka.startup_timeout)
@@ -303,7 +326,13 @@ def _connect(
         health=lambda: (True, f"starting: {waiting}"),
         ready=lambda: (False, f"not ready: {waiting}"),
     ).start()
-    clients = connect(kafka, stop, lambda: (KafkaSource(kafka), KafkaSink(kafka, stop=stop)))
+    labels = kafka.labels_topic
+
+    def build() -> tuple[KafkaSource, KafkaSink, KafkaLabels | None]:
+        reader = KafkaLabels(kafka, labels) if labels is not None else None
+        return KafkaSource(kafka), KafkaSink(kafka, stop=stop), reader
+
+    clients = connect(kafka, stop, build)
     if clients is not None:
         probes.stop()
     return clients
@@ -386,6 +415,68 @@ def report(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from exc
     print(f"report: {page}")
     return 0
+
+
+def label(args: argparse.Namespace) -> int:
+    """Append one verdict (`monitor.core.labels`): to the labels topic, returning once the broker
+    acknowledged it, or with `--out` to a labels file. Prints the label (JSON) on stdout."""
+    if args.out is not None and (args.config or args.bootstrap_servers or args.topic):
+        raise UsageError("--config, --bootstrap-servers and --topic go with the topic, not --out")
+    record = {
+        "event_id": args.event,
+        "alert_id": args.alert,
+        "label": args.verdict,
+        "known_at": args.known_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "kind": args.kind,
+        "source": args.source,
+    }
+    try:
+        verdict = label_of({key: value for key, value in record.items() if value is not None})
+    except LabelError as exc:  # the parser checked each value: not expected
+        raise UsageError(str(exc)) from exc
+    line = verdict.to_json()
+    if args.out is not None:
+        _append_line(args.out, line)
+        where = printable(str(args.out))
+    else:
+        kafka = load_settings(
+            args.config,
+            flags={
+                "kafka.bootstrap_servers": args.bootstrap_servers,
+                "kafka.labels_topic": args.topic,
+            },
+        ).kafka
+        topic = kafka.labels_topic
+        if topic is None:
+            raise UsageError(
+                "kafka.labels_topic is empty: name the topic (--topic) or a file (--out)"
+            )
+        # A broker that does not answer: a line every 5 s, then one line and exit 2 after
+        # kafka.startup_timeout. Ctrl-C interrupts the wait (exit 130): nothing was sent.
+        wait_for_broker(kafka, threading.Event())
+        try:
+            partition, offset = send_label(kafka, topic, verdict)
+        except DeliveryFailed as exc:
+            raise UsageError(str(exc)) from exc
+        where = f"{printable(topic)} (partition {partition}, offset {offset})"
+    print(printable(line.decode()))
+    print(f"posmon: label appended to {where}", file=sys.stderr)
+    return 0
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    """Append `line` and a newline to `path` (created if missing) in one write, after a newline
+    when the file does not end with one (a line cut short stays apart from the new one)."""
+    try:
+        with path.open("ab") as out:
+            prefix = b""
+            if out.tell() > 0 and path.is_file():
+                with path.open("rb") as existing:
+                    existing.seek(-1, os.SEEK_END)
+                    prefix = b"" if existing.read(1) == b"\n" else b"\n"
+            out.write(prefix + line + b"\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename or path}: {exc.strerror}") from exc
 
 
 def schema(args: argparse.Namespace) -> int:

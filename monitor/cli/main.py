@@ -19,6 +19,8 @@ from monitor import __version__
 from monitor.cli import commands
 from monitor.cli.logs import log_to_stderr
 from monitor.cli.settings import ConfigError
+from monitor.core.labels import LabelError, label_of
+from monitor.core.pans import holds_pan
 from monitor.core.text import printable
 from monitor.streaming.connect import BrokerUnreachable
 
@@ -134,6 +136,7 @@ def parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the JSON Schema of the event or the alert")
     schema.add_argument("which", choices=["events", "alert"])
     schema.set_defaults(handler=commands.schema)
+    _label(sub)
     # Commands of installed plugins: `posmon train` and `posmon evaluate` (the `models` package).
     for plugin in sorted(entry_points(group="posmon.commands"), key=lambda p: p.name):
         plugin.load()(sub)
@@ -162,6 +165,12 @@ def _replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay.add_argument(
         "--feature-log", type=Path, help="write every scored attempt's features here (Parquet)"
     )
+    replay.add_argument(
+        "--labels",
+        type=Path,
+        help="the risk team's verdicts (JSONL): each one is used by the label features from its"
+        " known_at onwards, as `posmon run` uses the labels topic",
+    )
     replay.add_argument("--batch-size", type=int, default=1000, help=argparse.SUPPRESS)
     replay.add_argument("--quiet", action="store_true", help="print no summary")
     replay.set_defaults(handler=commands.replay)
@@ -173,3 +182,62 @@ def _model_arguments(command: argparse.ArgumentParser) -> None:
         "--model", type=Path, metavar="DIR", help="the model artifact (default: the shipped one)"
     )
     choice.add_argument("--no-model", action="store_true", help="no anomaly model")
+
+
+def _label(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    label = sub.add_parser(
+        "label",
+        help="append one verdict of the risk team (fraud or genuine) to the labels topic or a file",
+        description="Append one verdict on a purchase (--event) or an alert (--alert): to the"
+        " labels topic that `posmon run` reads (acknowledged by the broker), or with --out to a"
+        " labels file that `posmon replay --labels` reads. Settings as for run: flags, then"
+        " POSMON_... variables, then the file.",
+    )
+    target = label.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--event", metavar="ID", type=_label_text, help="the auth_request's event_id"
+    )
+    target.add_argument("--alert", metavar="ID", type=_label_text, help="the alert's alert_id")
+    verdict = label.add_mutually_exclusive_group(required=True)
+    verdict.add_argument(
+        "--fraud", dest="verdict", action="store_const", const=1, help="fraud (label 1)"
+    )
+    verdict.add_argument(
+        "--genuine", dest="verdict", action="store_const", const=0, help="genuine (label 0)"
+    )
+    label.add_argument(
+        "--known-at",
+        metavar="RFC3339",
+        type=_known_at,
+        help="when the verdict became known, e.g. 2026-03-02T10:00:00Z (default: now)",
+    )
+    label.add_argument("--kind", metavar="K", type=_label_text, help="e.g. card_testing")
+    label.add_argument("--source", metavar="S", type=_label_text, help="e.g. chargeback")
+    label.add_argument(
+        "--out", metavar="FILE", type=Path, help="append to this labels file instead (JSONL)"
+    )
+    label.add_argument("--config", type=Path, help="YAML configuration (or POSMON_CONFIG)")
+    label.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]")
+    label.add_argument("--topic", help="the labels topic (default posmon.labels)")
+    label.set_defaults(handler=commands.label)
+
+
+def _label_text(text: str) -> str:
+    """An id, kind or source of a label: 1 to 256 characters, never a card number. The error
+    never quotes the value (it may be one)."""
+    if not 1 <= len(text) <= 256:
+        raise argparse.ArgumentTypeError("must be 1 to 256 characters")
+    if holds_pan(text):
+        raise argparse.ArgumentTypeError("holds a card number (PAN); give the id, never a PAN")
+    return text
+
+
+def _known_at(text: str) -> str:
+    """A label's `known_at`, by the label's own rule (RFC 3339 with an offset)."""
+    try:
+        label_of({"event_id": "-", "label": 0, "known_at": text})
+    except LabelError:
+        raise argparse.ArgumentTypeError(
+            "must be an RFC 3339 date-time with an offset, e.g. 2026-03-02T10:00:00Z"
+        ) from None
+    return text

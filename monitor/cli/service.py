@@ -5,6 +5,11 @@
 the batch in hand finish: its alerts and dead letters are handed on (acknowledged by the broker)
 and its offsets committed before the loop returns and the source and sink are closed, so a
 graceful stop loses nothing and doubles nothing.
+
+Labels (the risk team's verdicts, `monitor.streaming.labelstopic`) come from a `LabelFeed` of
+their own: every batch, what arrived meanwhile goes to the scorer before the batch is scored and
+the watermark advanced, so each label takes effect once the watermark passes its `known_at`;
+every new state (after any assignment) gets every label again, before its first events.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from monitor.cli.snapshots import SnapshotStore
 from monitor.core.alerts import Alert
 from monitor.core.batches import Batch, Source
 from monitor.core.events import Rejection
+from monitor.core.labels import Label
 from monitor.observability.endpoints import Endpoints
 from monitor.scoring.metrics import Metrics
 from monitor.scoring.pipeline import Sink, Stats, run
@@ -59,6 +65,30 @@ class StreamSource(Source, Protocol):
     start_at: StartAt | None
 
 
+class LabelRead(Protocol):
+    """What a read of the labels gave (`labelstopic.LabelRead`)."""
+
+    @property
+    def labels(self) -> Sequence[Label]: ...
+
+    @property
+    def invalid(self) -> int: ...  # records that are not labels, each counted once
+
+
+class LabelFeed(Protocol):
+    """The labels topic as the loop reads it (`labelstopic.KafkaLabels`)."""
+
+    topic: str
+
+    def poll(self) -> LabelRead:
+        """What arrived since the last call, without waiting."""
+
+    def rewind(self, *, stopping: Callable[[], bool]) -> LabelRead:
+        """Every label from the beginning to the end as of now (a bounded wait)."""
+
+    def close(self) -> None: ...
+
+
 class DurableSink(Sink, Protocol):
     def close(self) -> None: ...
 
@@ -74,6 +104,24 @@ class TeeSink:
             sink.publish(alerts, dead_letters)
 
 
+class _TakingLabels:
+    """The source as the loop polls it: after each batch is read, the labels that arrived
+    meanwhile go to the scorer, before the batch is scored (its watermark advanced). A fresh
+    batch gets none: the new state it announces reads every label again (`Service._restart`)."""
+
+    def __init__(self, service: Service, labels: LabelFeed) -> None:
+        self._service, self._labels = service, labels
+
+    def poll(self) -> Batch | None:
+        batch = self._service.source.poll()
+        if batch is not None and not batch.fresh:
+            self._service.learn(self._labels.poll())
+        return batch
+
+    def commit(self, batch: Batch) -> None:
+        self._service.source.commit(batch)
+
+
 class Service:
     def __init__(
         self,
@@ -81,6 +129,7 @@ class Service:
         source: StreamSource,
         sink: DurableSink,
         *,
+        labels: LabelFeed | None = None,
         also: Sequence[Sink] = (),
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -104,6 +153,8 @@ class Service:
         self.scorer = Scorer(settings.policy, self.model)
         self.stats = Stats()
         self.source = source
+        self.labels = labels
+        self.labels_invalid = 0  # records of the labels topic that are not labels
         self.durable_sink = sink
         self.sink: Sink = TeeSink(sink, *also) if also else sink
         self._clock, self._wall = clock, wall
@@ -167,7 +218,7 @@ class Service:
         self.endpoints.start()
         try:
             run(
-                self.source,
+                self.source if self.labels is None else _TakingLabels(self, self.labels),
                 self.sink,
                 self.scorer,
                 self.stats,
@@ -180,6 +231,8 @@ class Service:
         finally:
             self.durable_sink.close()
             self.source.close()
+            if self.labels is not None:
+                self.labels.close()
             self.endpoints.stop()
             self._log_features(flush=True)
 
@@ -198,6 +251,13 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def learn(self, read: LabelRead) -> None:
+        """Hand labels to the scorer (it holds each until the watermark passes its `known_at`,
+        and a label given again changes nothing) and count the records that were not labels."""
+        if read.labels:
+            self.scorer.learn(read.labels)
+        self.labels_invalid += read.invalid
 
     # -- state after an assignment, and snapshots (on the polling thread) ------------------
 
@@ -238,6 +298,8 @@ class Service:
         self.metrics.rebase(self.scorer)
         self.lag = {}  # the lag of the previous assignment says nothing now
         self._last_lag_at = 0.0
+        if self.labels is not None:  # every label, before the state's first events
+            self.learn(self.labels.rewind(stopping=self._stop.is_set))
         return self.scorer
 
     def _snapshot(self, now: float) -> None:
@@ -278,6 +340,7 @@ class Service:
             seconds=seconds,
             newest_event_lag=(self._wall() - newest) if newest is not None and len(batch) else None,
             watermark_s=scorer.watermark.value / 1e6 if maxima else None,
+            labels_invalid=self.labels_invalid,
         )
         stats.new_in_batch, stats.emitted_in_batch = [], []
         self._snapshot(now)

@@ -24,10 +24,12 @@ class ScoredRows:
     features: npt.NDArray[np.float32]  # shape (rows, len(feature_names))
     feature_names: tuple[str, ...]
     feature_version: str
-    score: npt.NDArray[np.float64] | None = None  # higher = more anomalous; None: no model
+    score: npt.NDArray[np.float64] | None = None  # the score that alerts; None: no model
     model_version: str | None = None
     shadow_score: npt.NDArray[np.float64] | None = None
     shadow_version: str | None = None
+    # The forests' score: the same as `score` unless the model has a supervised stage.
+    unsupervised_score: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.event_id)

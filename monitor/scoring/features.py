@@ -24,7 +24,7 @@ from typing import Final
 from monitor.core.events import Event
 from monitor.scoring.state import Expiring
 
-FEATURE_VERSION: Final = "posmon-features/1"
+FEATURE_VERSION: Final = "posmon-features/2"
 
 FEATURES: Final[tuple[str, ...]] = (
     "card_attempts_1h",
@@ -53,7 +53,17 @@ FEATURES: Final[tuple[str, ...]] = (
     "hour_sin",
     "hour_cos",
     "weekend",
+    "terminal_fraud_share_1d",
+    "terminal_fraud_share_7d",
+    "terminal_fraud_share_30d",
+    "merchant_fraud_share_1d",
+    "merchant_fraud_share_7d",
+    "merchant_fraud_share_30d",
+    "card_known_frauds",
 )
+
+# The features computed from the risk team's labels (`learn`): zero until a label is known.
+LABEL_FEATURES: Final = FEATURES[26:]
 
 _H: Final = 3_600_000_000  # one hour in microseconds
 _DAY: Final = 24 * _H
@@ -67,6 +77,10 @@ _PLACES: Final = 32  # distinct terminals, merchants, categories kept per card
 _TERMINAL_CARDS: Final = 256  # distinct cards kept per terminal
 _Z_CAP: Final = 50.0
 _TWO_PI_PER_DAY_S: Final = 2 * math.pi / 86_400
+_LABEL_TTL_US: Final = 30 * _DAY  # a purchase can be labelled this long after it
+_MARK_TTL_US: Final = 60 * _DAY  # a known fraud counts in the shares this long (e^-2 at 30 d)
+_MARKS: Final = 256  # known frauds kept per terminal, merchant and card (the newest)
+_FOREVER: Final = 2**62  # a mark not revoked
 _exp = math.exp
 
 
@@ -126,14 +140,46 @@ class CardHistory:
         self.outcomes = Outcomes()  # over 7 days
 
 
+class Exposure:
+    """A terminal's or merchant's attempts over 1, 7 and 30 days (decayed), at `last`: the
+    denominators of the fraud shares."""
+
+    __slots__ = ("day", "last", "month", "week")
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.day = self.week = self.month = 0.0
+
+    def add(self, t: int) -> tuple[float, float, float]:
+        """The attempts before `t`, decayed to it; then the attempt at `t` joins them."""
+        if t > self.last:
+            dt = t - self.last
+            day = self.day * _exp(-dt / _T2)
+            week = self.week * _exp(-dt / _T3)
+            month = self.month * _exp(-dt / _T4)
+            self.last = t
+        else:
+            day, week, month = self.day, self.week, self.month
+        self.day, self.week, self.month = day + 1.0, week + 1.0, month + 1.0
+        return day, week, month
+
+
 class TerminalHistory:
-    __slots__ = ("attempts", "cards", "last", "outcomes")
+    __slots__ = ("attempts", "cards", "exposure", "last", "outcomes")
 
     def __init__(self) -> None:
         self.last = 0
         self.attempts = 0.0  # decayed attempts (1 h), at `last`
+        self.exposure = Exposure()
         self.cards: dict[str, int] = {}  # card -> newest attempt here, in the last hour
         self.outcomes = Outcomes()  # over 1 hour
+
+
+# A known fraud: [the purchase's time, known from, revoked from] (a later genuine verdict
+# revokes it), in epoch microseconds.
+Mark = list[int]
+# What a label needs of a purchase: its time, card, terminal and merchant.
+Purchase = tuple[int, str, str, str]
 
 
 def _remember(places: dict[str, int], key: str, t: int, cap: int) -> None:
@@ -188,14 +234,59 @@ class FeatureState:
     """Every card's and terminal's history; `request` gives a request's features and then adds
     it, `outcome` adds an outcome. Both must be called in event-time order."""
 
-    __slots__ = ("cards", "terminals")
+    __slots__ = (
+        "_cap",
+        "card_marks",
+        "cards",
+        "merchant_marks",
+        "merchants",
+        "purchases",
+        "terminal_marks",
+        "terminals",
+    )
 
     def __init__(self, cap: int) -> None:
+        self._cap = cap
         self.cards: Expiring[CardHistory] = Expiring(_TTL_US, cap)
         self.terminals: Expiring[TerminalHistory] = Expiring(_TTL_US, cap)
+        self.merchants: Expiring[Exposure] = Expiring(_TTL_US, cap)
+        # The purchases a label may still name, oldest first (requests come in time order).
+        self.purchases: dict[str, Purchase] = {}
+        # The known frauds per terminal, merchant and card, by the purchase's event_id.
+        self.terminal_marks: dict[str, dict[str, Mark]] = {}
+        self.merchant_marks: dict[str, dict[str, Mark]] = {}
+        self.card_marks: dict[str, dict[str, Mark]] = {}
 
     def __len__(self) -> int:
-        return len(self.cards) + len(self.terminals)
+        return len(self.cards) + len(self.terminals) + len(self.merchants)
+
+    def label(self, event_id: str, fraud: bool, known_at: int) -> bool:
+        """The verdict on purchase `event_id`, known from `known_at`: counted by the label
+        features of every request at `known_at` or later, never before (whatever the order the
+        requests are computed in). False when the purchase is not (or no longer) held."""
+        purchase = self.purchases.get(event_id)
+        if purchase is None:
+            return False
+        t, card, terminal, merchant = purchase
+        for store, key in (
+            (self.terminal_marks, terminal),
+            (self.merchant_marks, merchant),
+            (self.card_marks, card),
+        ):
+            marks = store.get(key)
+            mark = None if marks is None else marks.get(event_id)
+            if fraud:
+                if mark is not None and mark[1] <= known_at < mark[2]:
+                    continue  # already known as fraud
+                if marks is None:
+                    marks = store[key] = {}
+                marks.pop(event_id, None)
+                if len(marks) >= _MARKS:  # the oldest purchase goes
+                    del marks[min(marks, key=lambda e: marks[e][0])]
+                marks[event_id] = [t, known_at, _FOREVER]
+            elif mark is not None and known_at < mark[2]:
+                mark[2] = max(known_at, mark[1])  # genuine after all: revoked from now on
+        return True
 
     def request(self, ev: Event) -> list[float]:
         """The features of the `auth_request` `ev` (in `FEATURES` order), from the events
@@ -224,6 +315,9 @@ class FeatureState:
         tdecay = _exp(-tdt / _TERMINAL_TAU)
         terminals_1h, terminals_24h = _since(places, hour_ago, day_ago)
         merchants_1h, merchants_24h = _since(merchants, hour_ago, day_ago)
+        # The terminal's and the merchant's attempts over 1, 7 and 30 days (this one joins).
+        exposure = terminal.exposure.add(t)
+        merchant = self.merchants.get_or_create(ev.merchant_id, t, Exposure).add(t)
         seconds = (t // 1_000_000) % 86_400
         angle = seconds * _TWO_PI_PER_DAY_S
         weekday = (t // _DAY + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
@@ -254,6 +348,11 @@ class FeatureState:
             math.sin(angle),
             math.cos(angle),
             1.0 if weekday >= 5 else 0.0,
+            *(
+                self._from_labels(ev, exposure, merchant)
+                if self.terminal_marks or self.merchant_marks or self.card_marks
+                else _NO_LABELS
+            ),
         ]
         # The request joins the history.
         counts[0], counts[1], counts[2], counts[3] = n1 + 1, n2 + 1, n3 + 1, n4 + 1
@@ -269,7 +368,27 @@ class FeatureState:
         if t > terminal.last:
             terminal.last = t
         _remember(terminal.cards, ev.card_id, t, _TERMINAL_CARDS)
+        purchases = self.purchases  # what a label on it will need
+        if len(purchases) >= self._cap:
+            del purchases[next(iter(purchases))]
+        purchases[ev.event_id] = (t, ev.card_id, ev.terminal_id, ev.merchant_id)
         return row
+
+    def _from_labels(
+        self, ev: Event, terminal: tuple[float, float, float], merchant: tuple[float, float, float]
+    ) -> tuple[float, ...]:
+        """The label features of request `ev`, given its terminal's and merchant's attempts."""
+        t = ev.t
+        terminal_marks = self.terminal_marks.get(ev.terminal_id)
+        merchant_marks = self.merchant_marks.get(ev.merchant_id)
+        card_marks = self.card_marks.get(ev.card_id)
+        if terminal_marks is None and merchant_marks is None and card_marks is None:
+            return _NO_LABELS
+        return (
+            *(_NO_SHARES if terminal_marks is None else _shares(terminal_marks, t, terminal)),
+            *(_NO_SHARES if merchant_marks is None else _shares(merchant_marks, t, merchant)),
+            0.0 if card_marks is None else _known(card_marks, t),
+        )
 
     def outcome(self, ev: Event) -> None:
         """An attempt's outcome (approved, declined, network error) joins the history."""
@@ -285,3 +404,48 @@ class FeatureState:
     def expire(self, watermark: int) -> None:
         self.cards.expire(watermark)
         self.terminals.expire(watermark)
+        self.merchants.expire(watermark)
+        purchases, cutoff = self.purchases, watermark - _LABEL_TTL_US
+        while purchases:
+            first = next(iter(purchases))
+            if purchases[first][0] >= cutoff:
+                break
+            del purchases[first]
+        cutoff = watermark - _MARK_TTL_US
+        for store in (self.terminal_marks, self.merchant_marks, self.card_marks):
+            for key in [k for k, marks in store.items() if _prune(marks, cutoff)]:
+                del store[key]
+
+
+_NO_SHARES: Final = (0.0, 0.0, 0.0)
+_NO_LABELS: Final = (0.0,) * 7
+
+
+def _shares(
+    marks: dict[str, Mark], t: int, counts: tuple[float, float, float]
+) -> tuple[float, float, float]:
+    """The share of known frauds among the attempts over 1, 7 and 30 days (both decayed the same
+    way, by the purchase's age), counting only the frauds known at `t`."""
+    f1 = f2 = f3 = 0.0
+    for when, known, revoked in marks.values():
+        if known <= t < revoked and when <= t:
+            age = t - when
+            f1 += _exp(-age / _T2)
+            f2 += _exp(-age / _T3)
+            f3 += _exp(-age / _T4)
+    n1, n2, n3 = counts
+    return f1 / max(n1, 1.0), f2 / max(n2, 1.0), f3 / max(n3, 1.0)
+
+
+def _known(marks: dict[str, Mark], t: int) -> float:
+    """The card's earlier purchases known at `t` as frauds."""
+    return float(
+        sum(1 for when, known, revoked in marks.values() if known <= t < revoked and when < t)
+    )
+
+
+def _prune(marks: dict[str, Mark], cutoff: int) -> bool:
+    """Forget the frauds older than `cutoff`; whether none is left."""
+    for event_id in [e for e, mark in marks.items() if mark[0] < cutoff]:
+        del marks[event_id]
+    return not marks

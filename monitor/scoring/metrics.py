@@ -22,7 +22,7 @@ from monitor.core.events import KINDS, REJECT_REASONS
 from monitor.scoring.attempts import IGNORE_REASONS
 from monitor.scoring.pipeline import Stats
 from monitor.scoring.scorer import Scorer
-from monitor.scoring.tally import RELOAD_OUTCOMES, ModelTally, Scores
+from monitor.scoring.tally import LABEL_OUTCOMES, RELOAD_OUTCOMES, ModelTally, Scores
 
 _BATCH_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _MONEY_IDS = 100_000
@@ -238,6 +238,19 @@ class Metrics:
             ["role"],
             registry=registry,
         )
+        # The risk team's verdicts (the labels topic): what became of each, running totals from
+        # the scorer's tallies (`labels_<outcome>`) and the labels source's `invalid` count.
+        self.label_outcomes = PromCounter(
+            "posmon_labels",
+            "Labels (the risk team's verdicts) by what became of them: applied to the model's"
+            " features, unknown_event, unknown_alert, no_known_at, invalid (not a label), unused"
+            " (no model to use them).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in LABEL_OUTCOMES:
+            self.label_outcomes.labels(outcome=outcome)
+        self._last_labels: Counter[str] = Counter()
         self._scores = {role: self.model_score.labels(role=role) for role in ROLES}
         self._scored = {role: self.model_scored.labels(role=role) for role in ROLES}
         for outcome in RELOAD_OUTCOMES:
@@ -266,8 +279,10 @@ class Metrics:
         watermark_s: float | None,
         future: int = 0,
         settlements_ignored: Mapping[str, int] | None = None,
+        labels: Mapping[str, int] | None = None,
     ) -> None:
-        """Advance the series by what the cumulative tallies say happened since the last call."""
+        """Advance the series by what the cumulative tallies say happened since the last call
+        (`labels`: running totals by outcome)."""
         for kind, total in consumed.items():
             delta = total - self._last_consumed[kind]
             if delta:
@@ -295,6 +310,11 @@ class Metrics:
             if delta > 0:
                 self.settlements_ignored.labels(reason=reason).inc(delta)
                 self._last_ignored[reason] = total
+        for outcome, total in (labels or {}).items():
+            delta = total - self._last_labels[outcome]
+            if delta > 0:
+                self.label_outcomes.labels(outcome=outcome).inc(delta)
+                self._last_labels[outcome] = total
         for detector, severity in new_alerts:
             self.alerts.labels(detector=detector, severity=severity).inc()
         for alert in emitted:
@@ -317,6 +337,9 @@ class Metrics:
         self._last_future = scorer.watermark.future
         self._last_small = scorer.small_attempts
         self._last_ignored = Counter(scorer.attempts.ignored)
+        invalid = self._last_labels["invalid"]  # the source's count: it runs on
+        self._last_labels = Counter(_label_tallies(scorer.tallies()))
+        self._last_labels["invalid"] = invalid
 
     def observe_scorer(
         self,
@@ -326,8 +349,11 @@ class Metrics:
         seconds: float,
         newest_event_lag: float | None = None,
         watermark_s: float | None = None,
+        labels_invalid: int = 0,
     ) -> None:
-        """`observe_batch` from the scorer's and the loop's own tallies, after a batch."""
+        """`observe_batch` from the scorer's and the loop's own tallies, after a batch;
+        `labels_invalid`: the running count of records of the labels topic that are not labels."""
+        tallies = scorer.tallies()
         self.observe_batch(
             consumed=scorer.consumed,
             rejected=stats.rejected,
@@ -336,12 +362,13 @@ class Metrics:
             new_alerts=[(a.detector, a.severity) for a in stats.new_in_batch],
             seconds=seconds,
             emitted=stats.emitted_in_batch,
-            small_attempts=scorer.small_attempts,
+            small_attempts=tallies.get("small_attempts", 0),
             truncated=stats.truncated,
             newest_event_lag=newest_event_lag,
             watermark_s=watermark_s,
             future=scorer.watermark.future,
             settlements_ignored=scorer.attempts.ignored,
+            labels={**_label_tallies(tallies), "invalid": labels_invalid},
         )
         self.observe_model(scorer.model_tally)
 
@@ -429,6 +456,15 @@ class Metrics:
     def set_consumer_lag(self, lag: Mapping[int, int]) -> None:
         for partition, messages in lag.items():
             self.consumer_lag.labels(partition=str(partition)).set(messages)
+
+
+def _label_tallies(tallies: Mapping[str, int]) -> dict[str, int]:
+    """The scorer's label outcomes (`labels_<outcome>`), by outcome; `invalid` is not its own."""
+    return {
+        outcome: tallies.get(f"labels_{outcome}", 0)
+        for outcome in LABEL_OUTCOMES
+        if outcome != "invalid"
+    }
 
 
 def _observe_all(histogram: Histogram, values: Scores) -> None:

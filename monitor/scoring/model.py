@@ -30,6 +30,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.core.scored import ScoredRows
+from monitor.scoring.boosting import Boosted
 from monitor.scoring.features import FEATURE_VERSION, FEATURES
 from monitor.scoring.forest import Forest
 from monitor.scoring.tally import ModelTally
@@ -41,6 +42,10 @@ PARITY_TOLERANCE: Final = 1e-9
 _MAX_CARD_BYTES: Final = 16 * 1024 * 1024
 _MAX_ARRAY_BYTES: Final = 256 * 1024 * 1024
 SCORE: Final = "score"  # the drift series of the score itself
+# The supervised stage reads the features and, after them, the forests' score under this name.
+UNSUPERVISED: Final = "unsupervised_score"
+STAGE_INPUTS: Final = (*FEATURES, UNSUPERVISED)
+SUPERVISED_PREFIX: Final = "s_"
 
 Outcome = Literal["refused_mismatch", "refused_parity", "refused_unreadable"]
 
@@ -76,10 +81,23 @@ class Bins(_Card):
 
 
 class Parity(_Card):
-    """A feature vector and the score the model gave it when it was written."""
+    """A feature vector and the score the model gave it when it was written (and the forests'
+    score, when a supervised stage gives the score)."""
 
     features: list[float]
     score: float
+    unsupervised: float | None = None
+
+
+class Supervised(_Card):
+    """The supervised stage: a gradient-boosted classifier over `features` (names of
+    `STAGE_INPUTS`: the features and the forests' score), trained on labels; its calibrated
+    probability is the model's score."""
+
+    kind: Literal["hist_gradient_boosting"] = "hist_gradient_boosting"
+    features: list[str]
+    calibrated: bool
+    labels: dict[str, int | float | str | None]  # how it was fitted: rows, positives, split
 
 
 class TrainingData(_Card):
@@ -113,6 +131,7 @@ class ModelCard(_Card):
     drift: dict[str, Bins]  # per feature and for "score"
     parity: list[Parity]
     arrays_sha256: str
+    supervised: Supervised | None = None  # None: the forests' score is the score
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +140,7 @@ class Model:
 
     card: ModelCard
     forests: tuple[Forest, ...]
+    stage: Boosted | None = None  # the supervised stage, over `STAGE_INPUTS`
 
     @property
     def version(self) -> str:
@@ -130,13 +150,44 @@ class Model:
     def threshold(self) -> float:
         return self.card.threshold
 
-    def score(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-        """The model's score of each row of `x` (rows x `FEATURES`), higher = more anomalous."""
+    def unsupervised(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """The forests' mean score of each row of `x` (rows x `FEATURES`), higher = more
+        anomalous."""
         total = self.forests[0].score(x)
         for forest in self.forests[1:]:
             total = total + forest.score(x)
         combined: npt.NDArray[np.float64] = total / len(self.forests)
         return combined
+
+    def scores(
+        self, x: npt.NDArray[np.floating]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The score that alerts and the forests' score, of each row of `x`: the same array
+        without a supervised stage; with one, its calibrated probability of fraud."""
+        forests = self.unsupervised(x)
+        if self.stage is None:
+            return forests, forests
+        return stage_score(self.stage, np.column_stack((x.astype(np.float64), forests))), forests
+
+    def score(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        """The score that alerts, of each row of `x` (rows x `FEATURES`)."""
+        return self.scores(x)[0]
+
+
+TIE_BREAK: Final = 1e-6
+
+
+def stage_score(stage: Boosted, inputs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The supervised stage's score of `inputs` (rows x `STAGE_INPUTS`): its calibrated
+    probability, the plateaus of the isotonic map ordered by the uncalibrated probability (moved
+    by at most `TIE_BREAK`, staying in [0, 1]): a plateau would otherwise tie thousands of
+    attempts, losing the ranking the alerts and the alert budget need."""
+    probability = stage.probability(inputs)
+    if stage.calibration is None:
+        return probability
+    calibrated = stage.calibration.apply(probability)
+    tie_broken: npt.NDArray[np.float64] = calibrated * (1 - TIE_BREAK) + TIE_BREAK * probability
+    return tie_broken
 
 
 def forest_prefix(i: int) -> str:
@@ -184,6 +235,16 @@ def model_from(card: ModelCard, array_bytes: bytes) -> Model:
         forests = tuple(
             Forest.from_arrays(stored, forest_prefix(i)) for i in range(len(card.members))
         )
+        stage = None
+        if card.supervised is not None:
+            stage = Boosted.from_arrays(stored, SUPERVISED_PREFIX)
+            if [STAGE_INPUTS[c] for c in stage.columns if c < len(STAGE_INPUTS)] != list(
+                card.supervised.features
+            ) or stage.columns.max() >= len(STAGE_INPUTS):
+                raise ModelError(
+                    "refused_unreadable",
+                    f"{ARRAYS}: the supervised stage's columns differ from the card's features",
+                )
     except ModelError:
         raise
     except Exception as exc:  # bad bytes raise many kinds (zipfile, zlib, numpy): all refused
@@ -194,7 +255,7 @@ def model_from(card: ModelCard, array_bytes: bytes) -> Model:
         if forest.columns.min() < 0 or forest.columns.max() >= len(FEATURES):
             raise ModelError("refused_unreadable", f"{ARRAYS}: a column beyond the features")
     check_references(card)
-    model = Model(card, forests)
+    model = Model(card, forests, stage)
     check_parity(model)
     if not math.isfinite(card.threshold):
         raise ModelError("refused_unreadable", "the threshold is not a finite number")
@@ -223,9 +284,14 @@ def check_parity(model: Model) -> None:
     if any(len(p.features) != len(FEATURES) for p in parity):
         raise ModelError("refused_parity", "a parity vector of the wrong length")
     x = np.array([p.features for p in parity], dtype=np.float64)
-    got = model.score(x)
+    got, forests = model.scores(x)
     expected = np.array([p.score for p in parity])
     worst = float(np.max(np.abs(got - expected)))
+    if model.stage is not None:
+        if any(p.unsupervised is None for p in parity):
+            raise ModelError("refused_parity", "a parity vector without the forests' score")
+        stored = np.array([p.unsupervised for p in parity], dtype=np.float64)
+        worst = max(worst, float(np.max(np.abs(forests - stored))))
     if not worst <= PARITY_TOLERANCE:
         raise ModelError(
             "refused_parity", f"parity vectors score {worst:.3g} away from the card's scores"

@@ -58,6 +58,25 @@ _SAY: Final[dict[str, tuple[bool, Say]]] = {
     "terminal_attempts_1h": (True, _count("attempts at the terminal in 1 h")),
     "terminal_error_ratio": (True, _share("network errors at the terminal in the last hour")),
     "terminal_cards_1h": (True, lambda v, _c: f"{v:.0f} cards at the terminal in 1 h"),
+    "terminal_fraud_share_1d": (True, _share("of the terminal's purchases in 24 h known as fraud")),
+    "terminal_fraud_share_7d": (
+        True,
+        _share("of the terminal's purchases in 7 days known as fraud"),
+    ),
+    "terminal_fraud_share_30d": (
+        True,
+        _share("of the terminal's purchases in 30 days known as fraud"),
+    ),
+    "merchant_fraud_share_1d": (True, _share("of the merchant's purchases in 24 h known as fraud")),
+    "merchant_fraud_share_7d": (
+        True,
+        _share("of the merchant's purchases in 7 days known as fraud"),
+    ),
+    "merchant_fraud_share_30d": (
+        True,
+        _share("of the merchant's purchases in 30 days known as fraud"),
+    ),
+    "card_known_frauds": (True, _count("earlier purchases of the card known as fraud")),
 }
 _INDEX: Final = {name: i for i, name in enumerate(FEATURES)}
 _SIN, _COS = _INDEX["hour_sin"], _INDEX["hour_cos"]
@@ -77,6 +96,8 @@ def reasons(row: npt.NDArray[np.float32], card: ModelCard, currency: str, k: int
     the tails."""
     found: list[tuple[float, int, str]] = []
     read = {name for member in card.members for name in member.features}
+    if card.supervised is not None:
+        read.update(card.supervised.features)
     for name, (high, say) in _SAY.items():
         if name not in read:
             continue

@@ -15,12 +15,13 @@ The scorer knows no detector by name: it builds those the policy enables, in reg
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Final
 
 from monitor.core.alerts import Alert
 from monitor.core.durations import us
 from monitor.core.events import KINDS, Event, RejectReason
+from monitor.core.labels import Label
 from monitor.scoring.attempts import Attempts
 from monitor.scoring.detectors.base import (
     Deadline,
@@ -79,6 +80,8 @@ class Scorer:
             max_evidence=limits.max_evidence,
             model=model,
         )
+        self.evidence = shared.evidence
+        self._max_alerts = limits.max_keys
         self.detectors: tuple[Detector, ...] = tuple(
             settings.build(shared, rank)
             for rank, settings in enumerate(policy.detectors.all())
@@ -96,6 +99,7 @@ class Scorer:
         self._solo = True
         self.duplicates = 0
         self.late = 0
+        self.labels_unused = 0  # labels given with no detector to use them (no model)
         self._last_sweep = NEVER
 
     def rewire(self, model: ModelSlot | None = None) -> None:
@@ -187,6 +191,18 @@ class Scorer:
         self._partition_max = partition_max
         return refused
 
+    def learn(self, labels: Iterable[Label]) -> None:
+        """Take the risk team's verdicts (`monitor.core.labels`). Each one is used from its
+        `known_at` onwards (when the watermark passes it), never for an event before; the
+        detectors that use labels count what became of each (`tallies`, `labels_*`)."""
+        learners = [d.learn for d in self.detectors if hasattr(d, "learn")]
+        if not learners:
+            self.labels_unused += sum(1 for _ in labels)
+            return
+        given = list(labels)
+        for learn in learners:
+            learn(given)
+
     # -- per batch -------------------------------------------------------------------------
 
     def advance(self, active: Collection[int] | None = None, *, closing: bool = False) -> None:
@@ -235,9 +251,13 @@ class Scorer:
         """The incidents opened or grown since the last call, as alerts (newest version only),
         and the part of them that is new (first emitted now)."""
         alerts, new = [], []
+        evidence = self.evidence
         for incident in self._changed.values():
             alert = incident.to_alert()
             alerts.append(alert)
+            if alert.alert_id not in evidence and len(evidence) >= self._max_alerts:
+                del evidence[next(iter(evidence))]  # the oldest alert goes
+            evidence[alert.alert_id] = tuple(alert.event_ids)
             if not incident.emitted:
                 incident.emitted = True
                 new.append(alert)
@@ -257,7 +277,7 @@ class Scorer:
     def tallies(self) -> dict[str, int]:
         """The detectors' running counts (`small_attempts`: attempts at or below the small
         amount of card testing), for the metrics."""
-        totals: dict[str, int] = {}
+        totals: dict[str, int] = {"labels_unused": self.labels_unused}
         for detector in self.detectors:
             for name, count in detector.tallies().items():
                 totals[name] = totals.get(name, 0) + count

@@ -11,6 +11,11 @@ import numpy.typing as npt
 # How a reload ended (`posmon_model_reload_total{outcome}`), every one exported from the start.
 RELOAD_OUTCOMES = ("loaded", "refused_mismatch", "refused_parity", "refused_unreadable")
 
+# What became of a label (`posmon_labels_total{outcome}`), every one exported from the start:
+# used by the features, about a purchase or an alert the scorer does not hold (any more), without
+# a `known_at` (never used), not a label at all (refused by the source), or no model to use it.
+LABEL_OUTCOMES = ("applied", "unknown_event", "unknown_alert", "no_known_at", "invalid", "unused")
+
 Scores = npt.NDArray[np.float64]
 
 
@@ -26,6 +31,7 @@ class ModelTally:
     seconds: list[float] = field(default_factory=list)
     reloads: Counter[str] = field(default_factory=Counter)
     psi: dict[str, float] = field(default_factory=dict)
+    labels: Counter[str] = field(default_factory=Counter)  # running, by LABEL_OUTCOMES
 
     def drain(self) -> tuple[list[Scores], list[Scores], list[float]]:
         """The scores, shadow scores and scoring seconds since the last drain (and forget them)."""

@@ -1,6 +1,8 @@
-"""Labelled behaviour anomalies: spending that no rule names, for the anomaly model to find.
+"""Labelled anomalies: spending that no rule names, and compromised terminals, for the anomaly
+model (and the labels that teach it) to find.
 
-Three kinds (their names are part of the labels file's contract):
+Four kinds (their names are part of the labels file's contract); the first three are behaviour
+anomalies, episodes of attempts added to the traffic:
 
 - `compromised_card`: a card with an ordinary history (it has paid before, at its usual
   merchants) starts spending 4-10 times its usual ticket: 3-5 purchases 20-90 min apart, at its
@@ -9,20 +11,38 @@ Three kinds (their names are part of the labels file's contract):
   (40-70 min), abroad (another currency than its usual merchants') where there is room, for 1-3
   times those merchants' usual ticket;
 - `night_velocity`: a card makes 3-6 attempts at different terminals, 30 s to 3 min apart,
-  starting between 00:00 and 04:40 UTC, for ordinary tickets.
+  starting between 00:00 and 04:40 UTC, for ordinary tickets;
+- `compromised_terminal` (the Fraud Detection Handbook's scenario 2): a terminal is compromised
+  (skimmed) and, for the next `COMPROMISED_FOR_US` (14 days), every `auth_request` at it is
+  labelled, whoever made it. It adds no event and changes none: the attempts are the ones the
+  terminal would see anyway (background purchases and retries, and any incident or near-miss
+  attempt a scene places there), so nothing in the events tells them apart; only the delayed
+  labels reveal the terminal. An attempt there that is already a behaviour anomaly keeps its own
+  label (one label per event).
 
-No rule fires on them (`docs/detectors.md`, default policy): every anomalous attempt is an
-ordinary approved purchase (an `auth_request`, its approval 0.3-3 s later, one debit posted
-online or with the clearing batch as background posts them, never reversed nor refunded), priced
-at least `MIN_AMOUNT` (twice `small_amount_burst`'s 500) and at most `BACKGROUND_AMOUNT_CAP`
-(below `large_amount`'s 1,000,000), at background terminals only (never a spike's dedicated one,
-so no error ratio is diluted), and without any event in the period's last 3 s.
+No rule fires on the behaviour anomalies (`docs/detectors.md`, default policy): every anomalous
+attempt is an ordinary approved purchase (an `auth_request`, its approval 0.3-3 s later, one debit
+posted online or with the clearing batch as background posts them, never reversed nor refunded),
+priced at least `MIN_AMOUNT` (twice `small_amount_burst`'s 500) and at most `BACKGROUND_AMOUNT_CAP`
+(below `large_amount`'s 1,000,000), at background terminals only (never a spike's dedicated one, so
+no error ratio is diluted), and without any event in the period's last 3 s.
 
-Rate: about `ATTEMPT_SHARE` (one in 1,000) anomalous attempts per background purchase, a third for
-each kind. The two daytime kinds follow the traffic of the day; `night_velocity` spreads evenly
-over the night hours, with as many attempts a day as each of the others. Episodes are placed by
-stratified sampling of that intensity over the period with a randomised rounding of their
+Rate: about `ATTEMPT_SHARE` (one in 1,000) behaviour-anomalous attempts per background purchase, a
+third for each kind. The two daytime kinds follow the traffic of the day; `night_velocity` spreads
+evenly over the night hours, with as many attempts a day as each of the others. Episodes are placed
+by stratified sampling of that intensity over the period with a randomised rounding of their
 expected number, so a run holds close to its expectation (a 2 h run only a few, none at night).
+
+Compromised terminals: `TERMINALS_PER_DAY` (one every two days; `SimulationSpec`'s
+`compromised_terminals_per_day`, 0 disables) new ones, at times spread evenly over the period
+(stratified, the expected number rounded at random: a 168 h run has 3 or 4, a 2 h run rarely one),
+each a different terminal with steady traffic: a background terminal of the world's quietest size (8
+purchases an hour at the daily peak: about 100 `auth_request`s a day, 4-8 an hour from 08:00 to
+20:00 UTC, one every few hours at night) of a merchant without pre-authorisations (whose holds are
+no `auth_request`s). The quietest ones keep the labelled share low: a compromise labels about 1,400
+attempts over its 14 days, and a 168 h run at the default scale about 1 % of its `auth_request`s
+(seed 202: 1,093 of 96,303), ten times the behaviour anomalies' share. The compromises depend only
+on the seed, the world, the period and the rate (`compromise_plan`).
 
 Each anomalous `auth_request` gets one label, known to analysts a week after the fact:
 `{"type": "anomaly", "event_id", "label": 1, "kind", "known_at"}`.
@@ -31,15 +51,19 @@ Independence: the anomalies draw from a random stream of their own, take referen
 sequence numbers from ranges of their own, and only read the background's cards (never their
 cool-down), so background traffic and incidents are the same events with or without them; they
 add their own lines, which moves the line positions of later redeliveries and malformed lines.
+Compromised terminals draw from a stream of their own and only label events as they leave the
+queue (`Anomalies.label_terminals`): they change no line, and the behaviour anomalies' events
+and labels are the same with or without them.
 """
 
 from __future__ import annotations
 
 import random
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
+from typing import NamedTuple
 
 from monitor.simulation.lines import (
     AUTH_APPROVED,
@@ -50,6 +74,7 @@ from monitor.simulation.lines import (
     EventQueue,
     Ids,
     Kind,
+    Queued,
     TimeFormat,
 )
 from monitor.simulation.stage import Label
@@ -68,9 +93,11 @@ from monitor.simulation.world import (
 COMPROMISED = "compromised_card"
 SPREE = "distant_spree"
 NIGHT = "night_velocity"
-KINDS = (COMPROMISED, SPREE, NIGHT)
+TERMINAL = "compromised_terminal"
+EPISODES = (COMPROMISED, SPREE, NIGHT)  # the behaviour anomalies: attempts of their own
+KINDS = (*EPISODES, TERMINAL)
 
-ATTEMPT_SHARE = 1 / 1000  # anomalous attempts per background purchase, all kinds together
+ATTEMPT_SHARE = 1 / 1000  # behaviour-anomalous attempts per background purchase, all together
 MIN_AMOUNT = 1_000  # minor units: twice small_amount_burst's max_amount_minor
 KNOWN_AFTER_US = 7 * 24 * US_PER_H  # analysts learn of an anomaly a week later
 NIGHT_STARTS_US = (0, 4 * US_PER_H + 40 * US_PER_MIN)  # UTC time of day a night episode starts
@@ -84,6 +111,47 @@ _SEQ_BASE = 1 << 45  # event sequence numbers and references of anomalies: below
 _REF_BASE = 1 << 45  # lines' (1 << 46), far above anything background and scenes mint
 _US_PER_DAY = 24 * US_PER_H
 _TAIL_US = 3 * US_PER_S  # the closing sale pins the last event 3 s before the end
+TERMINALS_PER_DAY = 0.5  # new compromised terminals per day of simulated time
+COMPROMISED_FOR_US = 14 * _US_PER_DAY  # every auth_request at the terminal this long is labelled
+
+
+class Compromise(NamedTuple):
+    """Every `auth_request` at `terminal` with an event time in [start_us, end_us) is fraud."""
+
+    start_us: int
+    end_us: int
+    terminal: Terminal
+
+
+def steady_terminals(world: World) -> list[Terminal]:
+    """Where terminals are compromised: the background terminals of the world's quietest size
+    (steady, about 100 `auth_request`s a day in the default world) of merchants without
+    pre-authorisations; failing those, any background terminal."""
+    plain = [t for t in world.terminals if not t.merchant.profile.preauth]
+    if not plain:
+        return list(world.terminals)
+    quietest = min(t.rate_per_h for t in plain)
+    return [t for t in plain if t.rate_per_h == quietest]
+
+
+def compromise_plan(
+    seed: int, world: World, start_us: int, end_us: int, per_day: float
+) -> list[Compromise]:
+    """The period's compromised terminals, by start time: `per_day` times its days, rounded at
+    random, spread evenly (one start in each equal slice of the period), each a different
+    steady terminal (fewer when the world has fewer)."""
+    # Seeded simulated traffic, reproducible on purpose (not a secret).
+    rng = random.Random(f"posmon-sim:{seed}:compromised_terminals")  # nosec B311
+    period = end_us - start_us
+    expected = max(per_day, 0.0) * period / _US_PER_DAY
+    n = int(expected) + (rng.random() < expected - int(expected))
+    free = steady_terminals(world)
+    plan: list[Compromise] = []
+    for j in range(min(n, len(free))):
+        t0 = start_us + int((j + rng.random()) / n * period)
+        term = free.pop(int(rng.random() * len(free)))
+        plan.append(Compromise(t0, t0 + COMPROMISED_FOR_US, term))
+    return plan
 
 
 @dataclass(slots=True, eq=False)
@@ -152,6 +220,7 @@ class Anomalies:
         start_us: int,
         end_us: int,
         pool_size: int,
+        terminals_per_day: float = TERMINALS_PER_DAY,
     ) -> None:
         self.world = world
         self.queue = queue
@@ -167,6 +236,7 @@ class Anomalies:
         self._plan = self._place(start_us, end_us)
         self._next = 0
         self._waiting: list[str] = []  # episodes that found no card yet
+        self.compromises = compromise_plan(seed, world, start_us, end_us, terminals_per_day)
 
     # -- planning ---------------------------------------------------------------------------
 
@@ -190,7 +260,7 @@ class Anomalies:
         plan: list[tuple[int, str]] = []
         for kind, weight in ((COMPROMISED, purchases), (SPREE, purchases), (NIGHT, night)):
             low, high = SIZES[kind]
-            per_episode = ATTEMPT_SHARE / len(KINDS) / ((low + high) / 2)
+            per_episode = ATTEMPT_SHARE / len(EPISODES) / ((low + high) / 2)
             cum = list(accumulate(w * per_episode for w in weight))
             expected = cum[-1] if cum else 0.0
             n = int(expected) + (self.rng.random() < expected - int(expected))
@@ -295,6 +365,34 @@ class Anomalies:
                     self._used.add(idx)
                     return idx
         return None
+
+    # -- compromised terminals ----------------------------------------------------------------
+
+    def label_terminals(self, items: Iterator[Queued]) -> Iterator[Queued]:
+        """Pass the queue's events through unchanged, labelling every `auth_request` at a
+        compromised terminal during its compromise, except the behaviour anomalies' own (they
+        keep their kind)."""
+        windows = {c.terminal: c for c in self.compromises}
+        if not windows:
+            yield from items
+            return
+        labels = self.labels
+        event_id = self._ids.event_id
+        fmt = self._fmt
+        for item in items:
+            if item.kind == AUTH_REQUEST and item.seq < _SEQ_BASE:
+                window = windows.get(item.terminal)
+                if window is not None and window.start_us <= item.time_us < window.end_us:
+                    labels.append(
+                        {
+                            "type": "anomaly",
+                            "event_id": event_id(item.seq),
+                            "label": 1,
+                            "kind": TERMINAL,
+                            "known_at": fmt(item.time_us + KNOWN_AFTER_US),
+                        }
+                    )
+            yield item
 
     # -- events -----------------------------------------------------------------------------
 

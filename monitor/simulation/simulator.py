@@ -19,9 +19,10 @@ in arrival order; once they are exhausted, `labels` holds what a perfect monitor
   `event_time` minus `allowed_lateness_s` when it arrives.
 - `{"type": "anomaly", "event_id", "label": 1, "kind", "known_at"}`: an `auth_request` of a
   behaviour anomaly that no rule names (`monitor.simulation.anomalies`), `kind` one of
-  `compromised_card`, `distant_spree`, `night_velocity`; `known_at` (RFC 3339, UTC) is its
-  `event_time` plus 7 days, when analysts learn of it. Every other `auth_request` counts as a
-  label 0; no label-0 line is written. The only records with a `label` key.
+  `compromised_card`, `distant_spree`, `night_velocity`, or any other `auth_request` at a
+  compromised terminal during its 14 days, `kind` `compromised_terminal`; `known_at` (RFC 3339,
+  UTC) is its `event_time` plus 7 days, when analysts learn of it. Every other `auth_request`
+  counts as a label 0; no label-0 line is written. The only records with a `label` key.
 
 Every scene's decisions fall due well before the end of the period, and the last event of the
 file is 3 s before the end, so a replay decides all of them. Background traffic and anomalies are
@@ -39,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from monitor.simulation.anomalies import KINDS, Anomalies
+from monitor.simulation.anomalies import KINDS, TERMINALS_PER_DAY, Anomalies
 from monitor.simulation.delivery import Delivery, Tally
 from monitor.simulation.incidents import INCIDENTS
 from monitor.simulation.lines import EventQueue, Ids, TimeFormat
@@ -68,6 +69,7 @@ class SimulationSpec:
     merchants: int = 40
     incidents: bool = True  # incidents, near misses, redeliveries, late events, malformed lines
     anomalies: bool = True  # labelled behaviour anomalies (monitor.simulation.anomalies)
+    compromised_terminals_per_day: float = TERMINALS_PER_DAY  # with anomalies; 0 disables
     allowed_lateness_s: float = 120.0  # the monitor's, to label exactly which events are late
 
     def __post_init__(self) -> None:
@@ -79,6 +81,8 @@ class SimulationSpec:
             raise ValueError("SimulationSpec.merchants must be at least 1")
         if not self.allowed_lateness_s > 0:
             raise ValueError("SimulationSpec.allowed_lateness_s must be positive")
+        if not 0 <= self.compromised_terminals_per_day < float("inf"):
+            raise ValueError("SimulationSpec.compromised_terminals_per_day must be at least 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,7 @@ class Simulation:
                 start_us=start_us,
                 end_us=end_us,
                 pool_size=cards,
+                terminals_per_day=spec.compromised_terminals_per_day,
             )
         background = Background(
             world,
@@ -168,7 +173,10 @@ class Simulation:
             ids, rng("delivery"), malformed, labels, lateness_us=lateness_us, start_us=start_us
         )
         self._tally = delivery.tally
-        yield from delivery.lines(background.run())
+        events = background.run()
+        if anomalies is not None:  # labels the attempts at compromised terminals as they pass
+            events = anomalies.label_terminals(events)
+        yield from delivery.lines(events)
 
     @property
     def stats(self) -> SimulationStats:

@@ -46,7 +46,15 @@ from monitor.core.scored import ScoredRows
 
 HOUR_US = 3_600_000_000
 FEATURE_VERSION_KEY = b"posmon.feature_version"
-COLUMNS = ("event_id", "event_time", "card_id", "terminal_id", "merchant_id", "score")
+COLUMNS = (
+    "event_id",
+    "event_time",
+    "card_id",
+    "terminal_id",
+    "merchant_id",
+    "score",
+    "unsupervised_score",
+)
 SHADOW_COLUMNS = ("shadow_score", "shadow_version")
 _FIXED = frozenset((*COLUMNS, "model_version", *SHADOW_COLUMNS, "date", "hour"))
 # Dictionary encoding where values repeat (cards, terminals, merchants, versions), not on the
@@ -194,6 +202,7 @@ def _table(batches: list[ScoredRows]) -> pa.Table:
         "terminal_id": strings(attrgetter("terminal_id")),
         "merchant_id": strings(attrgetter("merchant_id")),
         "score": _floats([b.score for b in batches], sizes),
+        "unsupervised_score": _floats([b.unsupervised_score for b in batches], sizes),
         "model_version": _repeated([b.model_version for b in batches], sizes, n),
     }
     if first.shadow_score is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from monitor.core.durations import Seconds, within
 
@@ -36,6 +36,9 @@ class KafkaSettings(BaseModel):
     # partitions back at once instead of waiting out its old session. One id per process.
     group_instance_id: str | None = None
     alerts_topic: str = "posmon.alerts"
+    # The risk team's verdicts (`posmon label`), read whole by every `posmon run` without a
+    # group (docs/streaming.md, "Labels"); empty or null: no labels are read.
+    labels_topic: str | None = "posmon.labels"
     client_id: str = "posmon"
     session_timeout_ms: PositiveMs = 10_000
     heartbeat_interval_ms: PositiveMs = 3_000
@@ -59,6 +62,12 @@ class KafkaSettings(BaseModel):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_password: SecretStr | None = None
+
+    @field_validator("labels_topic", mode="before")
+    @classmethod
+    def _no_labels(cls, value: object) -> object:
+        """An empty name (`POSMON_KAFKA__LABELS_TOPIC=`) turns the labels off, as null does."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _consistent(self) -> KafkaSettings:

@@ -51,6 +51,13 @@ Clock = Callable[[], float]
 # offsets: the offsets a state snapshot covers, or None to read them from the beginning.
 StartAt = Callable[[frozenset[int], Mapping[int, int]], Mapping[int, int] | None]
 
+# kafka-python 3.0.12 closes its connections from the calling thread while its IO thread may be
+# reading the answer to a fetch still in flight (every poll leaves one), and logs that as an ERROR
+# with a traceback: `close` gives the last fetch's answer `fetch_max_wait_ms` (at most 0.2 s) and
+# this to arrive.
+_SETTLE_S = 0.05
+_SETTLE_MAX_S = 0.2  # a stop must not wait out a long `fetch_max_wait_ms`
+
 # Without a fetch answered for this long (beyond `fetch_max_wait_ms`, which a fetch may take on a
 # quiet topic) the broker counts as unreachable: /readyz answers 503.
 SILENT_AFTER_S = 5.0
@@ -119,6 +126,7 @@ class KafkaSource:
             config["group_instance_id"] = settings.group_instance_id
         self._consumer = KafkaConsumer(**config)
         self._consumer.subscribe([settings.topic], listener=_Listener(self))
+        self._polled_at = 0.0  # time.monotonic() after the last poll: a fetch is in flight
         self._closed = False
         # kafka-python reconnects through an outage by itself and says nothing; a fetch answer
         # is what proves the broker reachable (`connected`). Its registry has no public getter.
@@ -194,6 +202,7 @@ class KafkaSource:
         """One `consumer.poll`: its messages by partition (tombstones as b""), never None."""
         s = self._settings
         records = self._consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
+        self._polled_at = time.monotonic()
         now = self._clock()
         with self._lock:
             new, self._new = self._new, set()
@@ -347,4 +356,8 @@ class KafkaSource:
         answer gets a quarter of a second (not `request_timeout_ms`): a stop must not wait."""
         if not self._closed:
             self._closed = True
+            wait_s = min(self._settings.fetch_max_wait_ms / 1000, _SETTLE_MAX_S) + _SETTLE_S
+            settle = self._polled_at + wait_s - time.monotonic()
+            if settle > 0:
+                time.sleep(settle)
             self._consumer.close(autocommit=False, timeout_ms=250)

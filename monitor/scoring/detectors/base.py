@@ -75,6 +75,8 @@ class Shared:
     cap: int  # the hard cap of every keyed store
     max_evidence: int
     model: ModelSlot | None = None  # the anomaly model (None: none loaded)
+    # The event_ids of each recent alert (every detector's), for verdicts given on an alert.
+    evidence: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ feature history belongs to the state (snapshots keep it, not the model).
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Annotated, Final
@@ -27,6 +27,7 @@ from pydantic import Field
 from monitor.core.alerts import Alert, alert_id
 from monitor.core.durations import PositiveInt, Seconds, us
 from monitor.core.events import Event
+from monitor.core.labels import Label
 from monitor.core.scored import ScoredRows
 from monitor.core.text import short_card
 from monitor.scoring.detectors.base import DetectorSettings, Found, Hooks, Ordered, Shared
@@ -39,6 +40,11 @@ from monitor.scoring.state import Expiring
 NAME: Final = "model_outlier"
 _OUTCOMES: Final = ("auth_approved", "auth_declined", "network_error")
 _MAX_LISTED: Final = 100  # amounts, scores and terminals listed in an alert's details
+_MAX_GIVEN: Final = 1_000_000  # labels remembered to recognise one given again
+
+# A label held until the watermark passes its `known_at`: (known_at, order given, event_id or
+# None, alert_id or None, label).
+Held = tuple[int, int, str | None, str | None, int]
 
 
 class Settings(DetectorSettings):
@@ -93,6 +99,12 @@ class ModelOutlier(Ordered):
         self._open: Expiring[Outlier] = Expiring(self.window, shared.cap)
         self._model = slot
         self.scored = 0
+        self._labels: list[Held] = []
+        self._given: dict[tuple[str | None, str | None, int, int | None], None] = {}
+        self._evidence = shared.evidence
+        self.label_counts = dict.fromkeys(
+            ("applied", "unknown_event", "unknown_alert", "no_known_at"), 0
+        )
 
     def attach(self, slot: ModelSlot) -> None:
         """Use `slot` (after a snapshot load: the model is not part of the state)."""
@@ -112,25 +124,76 @@ class ModelOutlier(Ordered):
         self._held.append((ev.t, ev.event_id, ev))
         return None
 
+    def learn(self, labels: Iterable[Label]) -> None:
+        """Hold `labels` until the watermark passes their `known_at` (a label given again with
+        the same verdict and time changes nothing)."""
+        given, held = self._given, self._labels
+        for label in labels:
+            known = label.known_at_us
+            key = (label.event_id, label.alert_id, label.label, known)
+            if key in given:
+                continue
+            if len(given) >= _MAX_GIVEN:
+                del given[next(iter(given))]
+            given[key] = None
+            if known is None:
+                self.label_counts["no_known_at"] += 1
+                continue
+            held.append((known, len(given), label.event_id, label.alert_id, label.label))
+
+    def _take_labels(self, watermark: int, *, inclusive: bool) -> list[Held]:
+        labels = self._labels
+        if not labels:
+            return []
+        labels.sort()
+        end = bisect_left(labels, (watermark + 1,) if inclusive else (watermark,))
+        taken = labels[:end]
+        del labels[:end]
+        return taken
+
+    def _apply(self, held: Held) -> None:
+        """A label's verdict joins the features (at its `known_at`, in event-time order)."""
+        known, _, event_id, alert_id, verdict = held
+        label, counts = self.features.label, self.label_counts
+        if event_id is not None:
+            counts["applied" if label(event_id, verdict == 1, known) else "unknown_event"] += 1
+            return
+        evidence = self._evidence.get(alert_id or "")
+        if evidence is None:
+            counts["unknown_alert"] += 1
+            return
+        applied = [label(e, verdict == 1, known) for e in evidence]
+        counts["applied" if any(applied) else "unknown_event"] += 1
+
     def release(self, watermark: int, *, inclusive: bool) -> Iterator[Outlier]:
+        labels = self._take_labels(watermark, inclusive=inclusive)
         held = self._held
         if not held:
+            for label in labels:
+                self._apply(label)
             return
         held.sort()
         end = bisect_left(held, (watermark + 1,) if inclusive else (watermark,))
-        if end == 0:
-            return
         released = held[:end]
         del held[:end]
         request, outcome = self.features.request, self.features.outcome
         rows: list[list[float]] = []
         requests: list[Event] = []
-        for _t, _id, ev in released:
+        # Labels go in at their `known_at`, before the events of that time or later.
+        pending = iter(labels)
+        next_label = next(pending, None)
+        for t, _id, ev in released:
+            while next_label is not None and next_label[0] <= t:
+                self._apply(next_label)
+                next_label = next(pending, None)
             if ev.kind == "auth_request":
                 rows.append(request(ev))
                 requests.append(ev)
             else:
                 outcome(ev)
+        while next_label is not None:
+            self._apply(next_label)
+            next_label = next(pending, None)
         if rows:
             width = len(rows[0])
             flat = np.fromiter(chain.from_iterable(rows), np.float32, count=len(rows) * width)
@@ -141,7 +204,7 @@ class ModelOutlier(Ordered):
         self.scored += len(requests)
         live, shadow = slot.live, slot.shadow
         started = slot.timer()
-        scores = None if live is None else live.score(x)
+        scores, unsupervised = (None, None) if live is None else live.scores(x)
         shadow_scores = None if shadow is None else shadow.score(x)
         if live is not None or shadow is not None:
             slot.tally.seconds.append(slot.timer() - started)
@@ -152,6 +215,7 @@ class ModelOutlier(Ordered):
                     x,
                     live=live,
                     scores=scores,
+                    unsupervised=unsupervised,
                     shadow=shadow,
                     shadow_scores=shadow_scores,
                 )
@@ -219,10 +283,14 @@ class ModelOutlier(Ordered):
             "held_back": len(self._held),
             "feature_cards": len(self.features.cards),
             "feature_terminals": len(self.features.terminals),
+            "feature_merchants": len(self.features.merchants),
+            "label_purchases": len(self.features.purchases),
+            "labels_held": len(self._labels),
         }
 
     def tallies(self) -> dict[str, int]:
-        return {"model_scored": self.scored}
+        counts = {f"labels_{outcome}": n for outcome, n in self.label_counts.items()}
+        return {"model_scored": self.scored, **counts}
 
     def sweep(self, watermark: int) -> None:
         self.features.expire(watermark)
@@ -235,6 +303,7 @@ def _rows(
     *,
     live: Model | None,
     scores: npt.NDArray[np.float64] | None,
+    unsupervised: npt.NDArray[np.float64] | None,
     shadow: Model | None,
     shadow_scores: npt.NDArray[np.float64] | None,
 ) -> ScoredRows:
@@ -251,4 +320,5 @@ def _rows(
         model_version=None if live is None else live.version,
         shadow_score=shadow_scores,
         shadow_version=None if shadow is None else shadow.version,
+        unsupervised_score=unsupervised,
     )
