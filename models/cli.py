@@ -168,7 +168,7 @@ def _challenge(args: argparse.Namespace, replayed: Replayed, verdicts: list[Labe
     judge challenger and champion on it; refuse a worse challenger unless `--force`."""
     import numpy as np  # noqa: PLC0415
 
-    from models.labels import read_labels, with_alerts  # noqa: PLC0415
+    from models.labels import known_by, on_purchases, read_labels, with_alerts  # noqa: PLC0415
     from models.train import TrainingError, held_back_split, judge, train  # noqa: PLC0415
 
     if args.held_back_days <= 0 or args.gap_days < 0:
@@ -180,25 +180,26 @@ def _challenge(args: argparse.Namespace, replayed: Replayed, verdicts: list[Labe
     rows = replayed.rows
     fit, judged = held_back_split(rows, held_back_days=args.held_back_days, gap_days=args.gap_days)
     labels = with_alerts(read_labels(args.labels), verdicts, replayed.alerts)
-    known_by = int(judged.event_time_us.min()) if len(judged) else int(rows.event_time_us.max())
+    cutoff = int(judged.event_time_us.min()) if len(judged) else int(rows.event_time_us.max())
     y = None
     kinds: list[str | None] | None = None
     notes: dict[str, int | float | str | None] = {}
     if not args.no_supervised:
-        y = np.array([_known_fraud(labels.get(e), known_by) for e in fit.event_id], np.int8)
+        # The verdicts as known when the held-back days start (alerts' on their purchases).
+        known = known_by(on_purchases(verdicts, replayed.alerts), cutoff)
+        fraud = [known[e] if e in known and known[e].label == 1 else None for e in fit.event_id]
+        y = np.array([label is not None for label in fraud], np.int8)
+        kinds = [None if label is None else label.kind for label in fraud]
         notes = {
             "labels_file": args.labels.name,
-            "known_by": _rfc3339(known_by),
+            "known_by": _rfc3339(cutoff),
             "gap_days": args.gap_days,
             "held_back_days": args.held_back_days,
         }
-        kinds = [
-            labels[e].kind if known else None for e, known in zip(fit.event_id, y, strict=True)
-        ]
         _say(f"supervised stage: {int(y.sum()):,} of {len(y):,} attempts known as fraud")
         if not y.any():
             raise TrainingError(
-                f"no attempt before the gap is known as fraud by {_rfc3339(known_by)}: the"
+                f"no attempt before the gap is known as fraud by {_rfc3339(cutoff)}: the"
                 " supervised stage cannot be fitted (--no-supervised fits the forests only)"
             )
     trained = train(
@@ -265,14 +266,6 @@ def _by_kind(
                 f"warning: the challenger ranks {shown} far worse than the champion"
                 f" ({value:.3f} against {theirs[kind]:.3f})"
             )
-
-
-def _known_fraud(label: Label | None, known_by: int) -> int:
-    """1 when `label` says fraud and was known by `known_by` (no known_at: never known)."""
-    if label is None or label.label != 1:
-        return 0
-    known = label.known_at_us
-    return int(known is not None and known <= known_by)
 
 
 def _rfc3339(t_us: int) -> str:

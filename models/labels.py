@@ -16,7 +16,15 @@ from monitor.core.alerts import Alert
 from monitor.core.labels import Label
 from monitor.streaming.labelsfile import LabelsError, read_verdicts
 
-__all__ = ["Label", "LabelsError", "read_labels", "read_verdicts", "with_alerts"]
+__all__ = [
+    "Label",
+    "LabelsError",
+    "known_by",
+    "on_purchases",
+    "read_labels",
+    "read_verdicts",
+    "with_alerts",
+]
 
 
 def read_labels(path: Path) -> dict[str, Label]:
@@ -25,19 +33,46 @@ def read_labels(path: Path) -> dict[str, Label]:
     return {v.event_id: v for v in read_verdicts(path) if v.event_id is not None}
 
 
+def on_purchases(verdicts: Iterable[Label], alerts: Mapping[str, Alert]) -> list[Label]:
+    """`verdicts` in order, each verdict on one of `alerts` replaced by the same verdict on each
+    purchase of its evidence (a verdict on an unknown alert is left out)."""
+    out: list[Label] = []
+    for verdict in verdicts:
+        if verdict.alert_id is None:
+            out.append(verdict)
+            continue
+        alert = alerts.get(verdict.alert_id)
+        for event_id in () if alert is None else alert.event_ids:
+            out.append(verdict.model_copy(update={"event_id": event_id, "alert_id": None}))
+    return out
+
+
 def with_alerts(
     labels: Mapping[str, Label], verdicts: Iterable[Label], alerts: Mapping[str, Alert]
 ) -> dict[str, Label]:
     """`labels` plus the verdicts on `alerts`, each applied to the attempts in the alert's
     evidence (a verdict on a purchase itself wins over one on its alert)."""
     merged = dict(labels)
-    for verdict in verdicts:
-        alert = None if verdict.alert_id is None else alerts.get(verdict.alert_id)
-        if alert is None:
-            continue
-        for event_id in alert.event_ids:
-            if event_id not in labels:
-                merged[event_id] = verdict.model_copy(
-                    update={"event_id": event_id, "alert_id": None}
-                )
+    on_alerts = (v for v in verdicts if v.alert_id is not None)
+    for verdict in on_purchases(on_alerts, alerts):
+        if verdict.event_id is not None and verdict.event_id not in labels:
+            merged[verdict.event_id] = verdict
     return merged
+
+
+def known_by(verdicts: Iterable[Label], t_us: int) -> dict[str, Label]:
+    """The verdict on each purchase as it was known at `t_us` (epoch microseconds): of its
+    verdicts with a `known_at` at or before then, the one known last (the later one in
+    `verdicts` on a tie), as the scorer applies them. Verdicts without `known_at` (never known
+    in time) and verdicts on alerts do not count."""
+    known = sorted(
+        (
+            (at, order, verdict)
+            for order, verdict in enumerate(verdicts)
+            if verdict.event_id is not None
+            and (at := verdict.known_at_us) is not None
+            and at <= t_us
+        ),
+        key=lambda item: item[:2],
+    )
+    return {verdict.event_id: verdict for _, _, verdict in known if verdict.event_id}

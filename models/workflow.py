@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from pydantic import ValidationError
 
 from models.evaluate import Evaluation, evaluate
-from models.labels import Label
+from models.labels import Label, known_by
 from models.train import Judgement, Trained, TrainingError, held_back_split, train
 from monitor.cli.anomaly import DEFAULT_MODEL
 from monitor.core.alerts import Alert
@@ -551,21 +551,9 @@ def _positive(label: Label | None) -> bool:
 
 
 def known_labels(verdicts: Labels, known_by_us: int) -> dict[str, int]:
-    """The verdict on each purchase as it was known at `known_by_us` (epoch microseconds): of
-    its verdicts with a `known_at` at or before then, the one known last (the later line of the
-    file on a tie), as the scorer applies them. Verdicts without `known_at` (never known in
-    time) and verdicts on alerts do not count."""
-    known = sorted(
-        (
-            (at, line, verdict)
-            for line, verdict in enumerate(_verdicts(verdicts))
-            if verdict.event_id is not None
-            and (at := verdict.known_at_us) is not None
-            and at <= known_by_us
-        ),
-        key=lambda item: item[:2],
-    )
-    return {verdict.event_id: verdict.label for _, _, verdict in known if verdict.event_id}
+    """The verdict (0 or 1) on each purchase as it was known at `known_by_us` (epoch
+    microseconds): `models.labels.known_by`."""
+    return {e: v.label for e, v in known_by(_verdicts(verdicts), known_by_us).items()}
 
 
 def retrain(
@@ -590,18 +578,22 @@ def retrain(
         return train(rows, files=[source], events=len(rows), alert_rate=alert_rate, seed=seed)
     if len(rows) == 0:
         raise TrainingError("no attempts to train on")
-    known_by = int(rows.event_time_us.max()) if known_by_us is None else known_by_us
+    cutoff = int(rows.event_time_us.max()) if known_by_us is None else known_by_us
     verdicts = _verdicts(labels)
-    known = known_labels(verdicts, known_by)
-    y = np.fromiter((known.get(e) == 1 for e in rows.event_id), bool, count=len(rows))
+    known = known_by(verdicts, cutoff)
+    fraud = [known[e] if e in known and known[e].label == 1 else None for e in rows.event_id]
+    y = np.fromiter((label is not None for label in fraud), bool, count=len(rows))
+    kinds = [None if label is None else label.kind for label in fraud]
     final = {v.event_id: v.label for v in verdicts if v.event_id is not None}
-    unknown = sum(1 for e in rows.event_id if final.get(e) == 1 and known.get(e) != 1)
+    unknown = sum(
+        1
+        for e, label in zip(rows.event_id, fraud, strict=True)
+        if final.get(e) == 1 and label is None
+    )
     ones = int(y.sum())
-    kind = {v.event_id: v.kind for v in verdicts if v.event_id is not None}
-    kinds = [kind.get(e) if one else None for e, one in zip(rows.event_id, y.tolist(), strict=True)]
     notes: dict[str, int | float | str | None] = {
         "source": "labels",
-        "known_by": _rfc3339(known_by),
+        "known_by": _rfc3339(cutoff),
         "rows_labelled_1_known": ones,
         "rows_labelled_1_not_known_by_then": unknown,
     }
@@ -619,7 +611,7 @@ def retrain(
     except TrainingError as exc:
         raise TrainingError(
             f"{exc}; {ones:,} of the {len(rows):,} attempts are known as labelled 1 by"
-            f" {_rfc3339(known_by)} ({unknown:,} more are labelled 1 but were not known by"
+            f" {_rfc3339(cutoff)} ({unknown:,} more are labelled 1 but were not known by"
             " then). Fit on a longer period, or without labels (labels=None)"
         ) from exc
 

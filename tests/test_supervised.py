@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from models.labels import read_verdicts
+from models.labels import Label, known_by, read_verdicts
 from models.rows import replay_rows
 from models.train import average_precision_by_kind, held_back_split, kind_weights, train
 from monitor.core.scored import ScoredRows
@@ -18,6 +18,20 @@ from monitor.scoring.features import FEATURES
 from monitor.scoring.model import Model
 from monitor.scoring.policy import Policy
 from monitor.simulation.simulator import SimulationSpec, write_simulation
+
+
+def fit_supervised_stage(
+    rows: ScoredRows, verdicts: list[Label], *, held_back_days: float, files: list[str]
+) -> tuple[Model, ScoredRows]:
+    """As `posmon train --labels`: the model fitted before a week's gap on the frauds known when
+    the held-back days start (kinds balanced); and the held-back rows."""
+    fit, judged = held_back_split(rows, held_back_days=held_back_days, gap_days=7)
+    known = known_by(verdicts, int(judged.event_time_us.min()))
+    fraud = [known[e] if e in known and known[e].label == 1 else None for e in fit.event_id]
+    y = np.array([label is not None for label in fraud], np.int64)
+    kinds = [None if label is None else label.kind for label in fraud]
+    assert "compromised_terminal" in kinds and int(y.sum()) < len(y) / 5
+    return train(fit, files=files, events=0, labels=y, kinds=kinds).model, judged
 
 
 def fit_both(
@@ -30,17 +44,16 @@ def fit_both(
     write_simulation(spec, events, labels)
     verdicts = read_verdicts(labels)
     rows = replay_rows([events], Policy(), labels=verdicts).rows
-    fit, judged = held_back_split(rows, held_back_days=held_back_days, gap_days=7)
-    known_by = int(judged.event_time_us.min())
-    fraud = {v.event_id: v for v in verdicts if v.label == 1 and v.event_id is not None}
-    y = np.array(
-        [e in fraud and (fraud[e].known_at_us or known_by + 1) <= known_by for e in fit.event_id]
+    supervised, judged = fit_supervised_stage(
+        rows, verdicts, held_back_days=held_back_days, files=["sim"]
     )
-    kinds = [fraud[e].kind if one else None for e, one in zip(fit.event_id, y, strict=True)]
-    assert "compromised_terminal" in kinds and int(y.sum()) < len(y) / 5
-    supervised = train(fit, files=["sim"], events=0, labels=y.astype(np.int64), kinds=kinds)
+    fit = held_back_split(rows, held_back_days=held_back_days, gap_days=7)[0]
     forests = train(fit, files=["sim"], events=0)
-    return supervised.model, forests.model, judged, {e: v.kind or "" for e, v in fraud.items()}
+    return supervised, forests.model, judged, kinds_of(verdicts)
+
+
+def kinds_of(verdicts: list[Label]) -> dict[str, str]:
+    return {v.event_id: v.kind or "" for v in verdicts if v.label == 1 and v.event_id is not None}
 
 
 def baseline_by_kind(rows: ScoredRows, kinds: dict[str, str]) -> dict[str, float]:
@@ -91,19 +104,11 @@ def test_the_published_figures_of_docs_retrain(tmp_path: Path) -> None:
     write_simulation(SimulationSpec(hours=840, seed=101), events, labels)
     verdicts = read_verdicts(labels)
     rows = replay_rows([events], Policy(), labels=verdicts).rows
-    fit, judged = held_back_split(rows, held_back_days=7, gap_days=7)
-    known_by = int(judged.event_time_us.min())
-    fraud = {v.event_id: v for v in verdicts if v.label == 1 and v.event_id is not None}
-    y = np.array(
-        [e in fraud and (fraud[e].known_at_us or known_by + 1) <= known_by for e in fit.event_id]
-    )
-    kinds = [fraud[e].kind if one else None for e, one in zip(fit.event_id, y, strict=True)]
-    supervised = train(fit, files=["long.jsonl"], events=0, labels=y.astype(np.int64), kinds=kinds)
+    supervised, _ = fit_supervised_stage(rows, verdicts, held_back_days=7, files=["long.jsonl"])
     held = tmp_path / "eval.jsonl"
     write_simulation(SimulationSpec(hours=336, seed=202), held, tmp_path / "eval.labels.jsonl")
     eval_verdicts = read_verdicts(tmp_path / "eval.labels.jsonl")
     eval_rows = replay_rows([held], Policy(), labels=eval_verdicts).rows
-    eval_kinds = {v.event_id: v.kind or "" for v in eval_verdicts if v.label == 1 and v.event_id}
-    ours = average_precision_by_kind(supervised.model, eval_rows, eval_kinds)
+    ours = average_precision_by_kind(supervised, eval_rows, kinds_of(eval_verdicts))
     assert ours["compromised_terminal"] == pytest.approx(0.369, abs=0.02)
     assert ours["distant_spree"] == pytest.approx(0.666, abs=0.02)
