@@ -26,7 +26,7 @@ from monitor.scoring.pipeline import MemorySink, MemorySource, Stats, run
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
 from monitor.scoring.snapshot import dumps, loads
-from tests.builders import T0, encode, event, tick
+from tests.builders import T0, encode, event, score, tick
 
 DAY = 86_400.0
 
@@ -141,8 +141,7 @@ def test_a_verdict_on_an_alert_applies_to_its_evidence() -> None:
     """A large amount alerts; the analyst's verdict on that alert marks its purchase as fraud:
     later purchases at the terminal see it."""
     stream = [event("auth_request", 0, ref="BIG", amount=2_000_000, event_id="big"), *hourly(4)[2:]]
-    _, first = rows_of(encode(stream), [])
-    (alert_id,) = [a for a, ids in first.evidence.items() if "big" in ids]
+    (alert_id,) = [a for a, alert in score(stream).items() if "big" in alert.event_ids]
     verdict = Label.model_validate(
         {"alert_id": alert_id, "label": 1, "known_at": (T0 + timedelta(hours=1.5)).isoformat()}
     )

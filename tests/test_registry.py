@@ -167,6 +167,7 @@ def test_the_scorer_adds_up_the_tallies_and_sizes_of_its_detectors() -> None:
     assert scorer.tallies() == {"labels_unused": 0, "small_attempts": 0, "odd_seen": 0}
     assert set(scorer.state_sizes()) == {
         "attempts",
+        "alert_evidence",
         "dedup_ids",
         "timers",
         "held_back",

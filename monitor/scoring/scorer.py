@@ -33,12 +33,14 @@ from monitor.scoring.handlers import Handler, handlers
 from monitor.scoring.incident import Incident
 from monitor.scoring.model import ModelSlot
 from monitor.scoring.policy import Policy
-from monitor.scoring.state import NEVER, Order, SeenIds, Watermark
+from monitor.scoring.state import NEVER, Expiring, Order, SeenIds, Watermark
 from monitor.scoring.tally import ModelTally
 
 # Expiry sweeps walk quiet keys; every five minutes of event time keeps that off the per-event
 # cost, and holds at most five minutes' worth of expired entries longer.
 _SWEEP_EVERY_US: Final = 300_000_000
+# Verdicts on alerts older than this find no purchase to mark (the features hold 30 days).
+_EVIDENCE_TTL_US: Final = 30 * 86_400_000_000
 # An exception's text in a dead letter: enough to find the bug, bounded whatever it holds.
 _ERROR_CHARS: Final = 1000
 
@@ -78,10 +80,10 @@ class Scorer:
             attempt_ttl_us=us(limits.attempt_ttl),
             cap=limits.max_keys,
             max_evidence=limits.max_evidence,
+            evidence=Expiring(_EVIDENCE_TTL_US, limits.max_keys),
             model=model,
         )
         self.evidence = shared.evidence
-        self._max_alerts = limits.max_keys
         self.detectors: tuple[Detector, ...] = tuple(
             settings.build(shared, rank)
             for rank, settings in enumerate(policy.detectors.all())
@@ -239,6 +241,7 @@ class Scorer:
     def _sweep(self, wm: int) -> None:
         self._last_sweep = wm
         self.attempts.expire(wm)
+        self.evidence.expire(wm)
         for detector in self.detectors:
             detector.sweep(wm)
 
@@ -255,9 +258,7 @@ class Scorer:
         for incident in self._changed.values():
             alert = incident.to_alert()
             alerts.append(alert)
-            if alert.alert_id not in evidence and len(evidence) >= self._max_alerts:
-                del evidence[next(iter(evidence))]  # the oldest alert goes
-            evidence[alert.alert_id] = tuple(alert.event_ids)
+            evidence.put(alert.alert_id, incident.last_seen, tuple(alert.event_ids))
             if not incident.emitted:
                 incident.emitted = True
                 new.append(alert)
@@ -267,7 +268,11 @@ class Scorer:
     # -- what it holds and has seen ----------------------------------------------------------
 
     def state_sizes(self) -> dict[str, int]:
-        sizes = {"attempts": len(self.attempts), "dedup_ids": len(self.seen)}
+        sizes = {
+            "attempts": len(self.attempts),
+            "dedup_ids": len(self.seen),
+            "alert_evidence": len(self.evidence),
+        }
         sizes["timers"] = sum(len(d.timers) for d in self._deadline)
         for detector in self.detectors:
             for store, entries in detector.sizes().items():

@@ -30,7 +30,7 @@ from monitor.core.events import Event
 from monitor.scoring.attempts import Attempt, Attempts
 from monitor.scoring.incident import Incident
 from monitor.scoring.model import ModelSlot
-from monitor.scoring.state import Order, Timers, Watermark
+from monitor.scoring.state import Expiring, Order, Timers, Watermark
 
 P = TypeVar("P")
 
@@ -74,9 +74,10 @@ class Shared:
     attempt_ttl_us: int
     cap: int  # the hard cap of every keyed store
     max_evidence: int
+    # The event_ids of each alert of the last 30 days (every detector's), for verdicts given on
+    # an alert (`Scorer.take_alerts` fills it).
+    evidence: Expiring[tuple[str, ...]]
     model: ModelSlot | None = None  # the anomaly model (None: none loaded)
-    # The event_ids of each recent alert (every detector's), for verdicts given on an alert.
-    evidence: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @runtime_checkable
