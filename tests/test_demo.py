@@ -59,6 +59,11 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     ]
     paged = {alert_id for page in pages for alert_id in page["alert_ids"]}
     assert paged and paged <= {a["alert_id"] for a in alerts}  # the dispatcher delivered them
+    # It ends with the page of `posmon report` over its alerts, and says where.
+    page = tmp_path / "report" / "index.html"
+    assert f"report (open in a browser): {page}\n" in output
+    assert (tmp_path / "report" / "alerts_over_time.png").stat().st_size > 0
+    assert "failed_then_debited" in page.read_text()
     assert _brokers_on(output) == set()  # no broker left behind
 
 

@@ -141,7 +141,27 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             paging_stop.set()
             paging.join(timeout=30)
     _summary(console, service, producer, alerts=alerts_path, dlq=dlq_path, pages=pages)
+    _report(console, alerts_path, dlq_path, options.out / "report")
     return 0
+
+
+def _report(console: Console, alerts: Path, dlq: Path, out: Path) -> None:
+    """The demo's alerts as `posmon report`'s page (charts, not only tables), its path printed;
+    a report that cannot be written is one line, and the demo still ends well."""
+    try:  # matplotlib is the `report` extra (`make` installs it)
+        from monitor.report import ReportError, build_report  # noqa: PLC0415
+    except ImportError as exc:
+        console.print(
+            f"no report: posmon report needs matplotlib (pip install 'posmon[report]'; {exc})"
+        )
+        return
+    try:
+        page = build_report(alerts, out, dead_letters=dlq, title="posmon demo")
+    except (ReportError, OSError) as exc:
+        console.print(Text.assemble("no report: ", shown(str(exc))))
+        return
+    # One line whatever the terminal's width: a path folded in two cannot be copied.
+    console.print(Text.assemble("report (open in a browser): ", shown(str(page))), soft_wrap=True)
 
 
 _GROUP_INTERVAL_S = 3.0
