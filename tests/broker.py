@@ -15,12 +15,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.streaming.embedded import EmbeddedBroker, broker_binary
 from monitor.streaming.settings import KafkaSettings
@@ -270,3 +272,17 @@ def proxied_broker(
 def _address(servers: str) -> tuple[str, int]:
     host, _, port = servers.rpartition(":")
     return host, int(port)
+
+
+def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of the `/metrics` on `port`, by name and labels (none while it is not up)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

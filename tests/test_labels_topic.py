@@ -20,14 +20,12 @@ from __future__ import annotations
 import json
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.cli.main import main
 from monitor.cli.service import Service
@@ -41,7 +39,7 @@ from monitor.streaming.labelstopic import KafkaLabels, LabelRead
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.settings import KafkaSettings
 from monitor.streaming.topics import committed_offsets, read_topic
-from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ
+from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ, scrape
 from tests.builders import encode, event
 from tests.test_broker_outage import Process
 from tests.test_cli import posmon
@@ -337,16 +335,10 @@ class Monitor:
         self.process = Process(["run"], monitor_environ(settings, self.port))
 
     def labels(self) -> dict[str, float]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
         return {
-            s.labels["outcome"]: s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "posmon_labels_total"
+            dict(labels)["outcome"]: value
+            for (name, labels), value in scrape(self.port).items()
+            if name == "posmon_labels_total"
         }
 
     def wait_for(self, invalid: float, used: float, timeout: float = 30) -> dict[str, float]:

@@ -23,13 +23,11 @@ import json
 import logging
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from models.export import npz_bytes
 from models.rows import Replayed
@@ -43,7 +41,7 @@ from monitor.streaming.embedded import EmbeddedBroker
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.settings import KafkaSettings
 from monitor.streaming.topics import committed_offsets, read_topic
-from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ
+from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ, scrape
 from tests.test_broker_outage import Process
 from tests.test_model import (
     edit_card,
@@ -317,16 +315,7 @@ class Monitor:
 
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Every sample of /metrics (none while it is not up)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        return {
-            (s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+        return scrape(self.port)
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples().get((name, frozenset(labels.items())))
