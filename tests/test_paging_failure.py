@@ -182,6 +182,9 @@ def paging_through_failure(
         )
         end = _end_of(settings, settings.alerts_topic)
         _wait("every offset committed", lambda: committed_offsets(group) == end, 60, log)
+        # The second dispatcher may have paged and committed everything before its kill: the
+        # third one may not be listening yet.
+        _wait("the last dispatcher ready", lambda: _get(port, "/readyz")[0] == 200, 60, log)
         metrics = _scrape(port)
         assert _stopped(process) == 0
     finally:
