@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-dev
 DEMO   := .demo
 
 .DEFAULT_GOAL := help
-.PHONY: help demo backtest system-deps test soak lint format bench model mutate clean
+.PHONY: help demo backtest system-deps test soak lint format bench model mutate dashboards clean
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,6 +71,9 @@ bench: $(STAMP) ## replay and streaming throughput, latency and memory (prints i
 	$(BIN)/python bench/replay_bench.py
 	$(BIN)/python bench/stream_bench.py
 	$(BIN)/python bench/model_bench.py
+
+dashboards: $(STAMP) ## regenerate dashboards/*.json from dashboards/*.py
+	$(BIN)/python dashboards/generate.py
 
 mutate: $(STAMP) ## mutation testing of the scoring core and the paging stages (long; not in make test)
 	$(BIN)/mutmut run
