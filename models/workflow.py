@@ -42,7 +42,7 @@ from models.evaluate import Evaluation, evaluate
 from models.labels import Label, known_by
 from models.train import Judgement, Trained, TrainingError, held_back_split, train
 from monitor.cli.anomaly import DEFAULT_MODEL
-from monitor.core.alerts import Alert
+from monitor.core.alerts import Alert, is_newer
 from monitor.core.events import to_datetime
 from monitor.core.scored import ScoredRows
 from monitor.core.text import printable
@@ -423,7 +423,8 @@ def traffic_chart(traffic: Traffic, threshold: float | None = None) -> Figure:
 
 def alerts_summary(path: Path) -> Table:
     """Alerts per UTC day (of their first event) and detector, from an alerts file (JSONL, as
-    `posmon replay --alerts` writes: an alert's last line is its final version). Raises
+    `posmon replay --alerts` writes: an alert's version with the highest revision is its final
+    state). Raises
     ValueError naming the line that is not an alert."""
     where = printable(str(path))
     final: dict[str, Alert] = {}
@@ -436,7 +437,8 @@ def alerts_summary(path: Path) -> Table:
                     alert = Alert.model_validate_json(line)
                 except ValidationError as exc:
                     raise ValueError(f"{where}:{number}: not an alert") from exc
-                final[alert.alert_id] = alert
+                if is_newer(alert, final.get(alert.alert_id)):
+                    final[alert.alert_id] = alert
     except FileNotFoundError as exc:
         raise ValueError(f"{where}: no such file") from exc
     counts: Counter[tuple[str, str]] = Counter(

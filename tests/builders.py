@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from monitor.core.alerts import Alert
+from monitor.core.alerts import Alert, newest
 from monitor.scoring.pipeline import replay_messages
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
@@ -78,3 +78,14 @@ def score(
 
 def by_detector(alerts: dict[str, Alert], detector: str) -> list[Alert]:
     return [a for a in alerts.values() if a.detector == detector]
+
+
+def states(alerts: Iterable[Alert]) -> list[Alert]:
+    """The versions with their revisions left out (they depend on the batches)."""
+    return [a.model_copy(update={"revision": 0}) for a in alerts]
+
+
+def final_states(alerts: Iterable[Alert]) -> dict[str, Alert]:
+    """Each alert_id's newest version with its revision left out: the final state, which the
+    same events give whatever the batches (the revisions depend on them)."""
+    return {key: a.model_copy(update={"revision": 0}) for key, a in newest(alerts).items()}

@@ -2,10 +2,10 @@
 before the detectors moved behind one interface, and money travels in typed fields.
 
 The digest pins every alert line `posmon replay` writes for `posmon simulate --hours 26 --seed 7`
-(in order, each as canonical JSON), without the two fields added since: `amount_at_risk_minor`
-and `currency`. Those are pinned by their own rule below. The rules' alerts are pinned; the
-anomaly model's (`model_outlier`) change with every retrained model, so they are checked for
-their shape instead. If a change of a rule is intended,
+(in order, each as canonical JSON), without the fields added since: `amount_at_risk_minor`,
+`currency` and `revision`. Those are pinned by their own rules below. The rules' alerts are
+pinned; the anomaly model's (`model_outlier`) change with every retrained model, so they are
+checked for their shape instead. If a change of a rule is intended,
 the digest changes with docs/detectors.md and the CHANGELOG, on purpose.
 """
 
@@ -17,7 +17,7 @@ import json
 import pytest
 
 from monitor.cli.main import main
-from monitor.core.alerts import Alert
+from monitor.core.alerts import Alert, newest
 
 # Re-pinned when the simulator gained behaviour anomalies (issue 12): their lines move the
 # replay's batch boundaries, so intermediate versions and the order of emission changed; every
@@ -43,6 +43,7 @@ def _digest(lines: list[str]) -> str:
         alert = json.loads(line)
         alert.pop("amount_at_risk_minor")
         alert.pop("currency")
+        alert.pop("revision")
         digest.update(json.dumps(alert, sort_keys=True, separators=(",", ":")).encode() + b"\n")
     return digest.hexdigest()
 
@@ -51,6 +52,17 @@ def test_the_reference_day_gives_the_same_alerts(replayed: list[str]) -> None:
     rules = [line for line in replayed if json.loads(line)["detector"] != "model_outlier"]
     assert len(rules) == 60
     assert _digest(rules) == REFERENCE_DAY_DIGEST
+
+
+def test_revisions_grow_with_every_version_and_never_repeat(replayed: list[str]) -> None:
+    """Each version of an alert_id carries a higher revision than the one before it: a consumer
+    that keeps the highest keeps the newest, whatever order versions arrive in."""
+    last: dict[str, int] = {}
+    for line in replayed:
+        alert = Alert.model_validate_json(line)
+        assert alert.revision > last.get(alert.alert_id, 0), alert.alert_id
+        last[alert.alert_id] = alert.revision
+    assert max(last.values()) > 1  # some incidents grew
 
 
 def test_model_alerts_carry_their_score_version_and_reasons(replayed: list[str]) -> None:
@@ -99,3 +111,16 @@ def test_an_alert_written_before_the_money_fields_still_reads(replayed: list[str
     del old["amount_at_risk_minor"], old["currency"]
     alert = Alert.model_validate_json(json.dumps(old))
     assert alert.amount_at_risk_minor is None and alert.currency is None
+
+
+def test_the_newest_version_is_the_highest_revision_not_the_last_received(
+    replayed: list[str],
+) -> None:
+    versions = [Alert.model_validate_json(line) for line in replayed]
+    grown = next(a for a in reversed(versions) if a.revision > 1)
+    stale = grown.model_copy(update={"revision": grown.revision - 1, "count": 1})
+    assert newest([*versions, stale])[grown.alert_id] == newest(versions)[grown.alert_id]
+    tie = grown.model_copy(update={"summary": "said again"})
+    assert newest([*versions, tie])[grown.alert_id] == tie  # a tie: the later received
+    old = grown.model_copy(update={"revision": 0})  # written before revisions existed
+    assert newest([old, grown])[grown.alert_id] == grown

@@ -40,6 +40,7 @@ from monitor.streaming.settings import KafkaSettings
 from monitor.streaming.sink import KafkaSink
 from monitor.streaming.topics import committed_offsets, read_topic
 from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ, proxied_broker
+from tests.builders import final_states
 from tests.test_kafka import sample_alert
 
 REPO = Path(__file__).resolve().parent.parent
@@ -349,8 +350,8 @@ def _ride_out(outage_s: float) -> None:
         ]
         letters = [json.loads(r.value) for r in read_topic(feeder, f"{topic}.dlq", timeout_s=30)]
 
-    final = {a.alert_id: a for a in published}  # a key's records keep their order: the last wins
-    assert final == sink.final_alerts()
+    final = final_states(published)
+    assert final == final_states(sink.alerts)
     versions = Counter((a.alert_id, a.model_dump_json()) for a in published)
     repeated = sum(n - 1 for n in versions.values())
     by_message = {(d["reason"], d["raw"], json.dumps(d.get("source"))): d for d in letters}
@@ -425,5 +426,5 @@ def test_sigterm_in_an_outage_stops_at_once_and_a_restart_loses_nothing(caught_i
         records = read_topic(feeder, settings.alerts_topic, timeout_s=30)
     print(f"SIGTERM in a blackhole, caught in a {caught_in}: exited in {took:.2f} s")
     assert took < 2.0, f"{took:.2f} s from SIGTERM to exit in an outage"
-    final = {a.alert_id: a for a in (Alert.model_validate_json(r.value) for r in records)}
-    assert final == sink.final_alerts()
+    final = final_states(Alert.model_validate_json(r.value) for r in records)
+    assert final == final_states(sink.alerts)

@@ -162,6 +162,31 @@ def test_nothing_is_paged_twice_across_a_restart() -> None:
     assert d2.committable() == {0: 2}
 
 
+def test_an_older_revision_received_after_a_newer_one_is_withheld_as_stale() -> None:
+    """A former owner of the partition that stalled publishes an older version of an alert
+    after the new owner's newer one: the newer stands, the older is settled and counted."""
+    risk = FakeChannel("risk")
+    registry = CollectorRegistry()
+    d, _ = dispatcher({"ops": FakeChannel("ops"), "risk": risk}, registry=registry)
+    ghost = make_alert("failed_then_debited", "g1", severity="critical")
+    newer = ghost.model_copy(update={"count": 3, "revision": 2_000})
+    older = ghost.model_copy(update={"count": 2, "revision": 1_000})
+    again = newer.model_copy()  # the same revision said again: the same state, kept
+    d.receive(batch([newer, older, again]), 0.0)
+    d.tick(6.0)
+    assert [[a.count for a in n.alerts] for n in risk.sent] == [[3]]
+    assert d.stats.withheld["stale"] == 1
+    assert d.committable() == {0: 3}
+    stale = registry.get_sample_value("posmon_dispatch_withheld_total", {"reason": "stale"})
+    assert stale == 1
+    # A resolved incident is not reopened by an older firing version.
+    resolved = newer.model_copy(update={"revision": 3_000, "details": {"resolved": True}})
+    d.receive(batch([resolved, older.model_copy(update={"revision": 2_500})], start=3), 10.0)
+    d.tick(400.0)
+    assert d.stats.withheld["stale"] == 2
+    assert d.committable() == {0: 5}
+
+
 def test_a_permanent_refusal_is_parked_after_one_attempt_and_committed() -> None:
     risk = FakeChannel("risk", [Outcome("permanent", "400 invalid routing key")])
     d, outbox = dispatcher({"ops": FakeChannel("ops"), "risk": risk})

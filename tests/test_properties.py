@@ -18,7 +18,7 @@ from monitor.core.alerts import Alert
 from monitor.scoring.pipeline import replay_messages
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
-from tests.builders import encode, event
+from tests.builders import encode, event, final_states
 
 LATENESS = Policy().allowed_lateness
 
@@ -106,7 +106,7 @@ def arrival_order(events: list[dict[str, Any]], seed: int) -> list[dict[str, Any
 def replay(events: list[dict[str, Any]], batch_size: int = 1000) -> tuple[dict[str, Alert], Scorer]:
     scorer = Scorer(Policy())
     sink, _ = replay_messages(encode(events), scorer, batch_size)
-    return sink.final_alerts(), scorer
+    return final_states(sink.alerts), scorer
 
 
 @given(

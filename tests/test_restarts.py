@@ -39,6 +39,7 @@ from monitor.simulation.simulator import Simulation, SimulationSpec
 from monitor.streaming.embedded import EmbeddedBroker
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.topics import read_topic
+from tests.builders import final_states
 from tests.test_stream import Stream, _committed, _start, _stream, _up, _wait_for
 
 SPEC = SimulationSpec(seed=33, hours=26.0, merchants=20)
@@ -57,7 +58,7 @@ def truth() -> Truth:
     # The shipped anomaly model scores both: its alerts must survive the kills exactly too.
     model = ModelSlot(live=load_model(DEFAULT_MODEL))
     sink, _ = replay_messages(lines, Scorer(Policy(), model))
-    return Truth(lines, sink.final_alerts(), Counter(r.reason for r in sink.dead_letters))
+    return Truth(lines, final_states(sink.alerts), Counter(r.reason for r in sink.dead_letters))
 
 
 def _published(stream: Stream) -> list[Alert]:
@@ -125,7 +126,7 @@ def _killed_and_restarted(
     published = _published(stream)
     extra = {a.alert_id: a.summary for a in published if a.alert_id not in truth.final}
     assert not extra, f"alerts a replay does not raise were published: {extra}"
-    last = {a.alert_id: a for a in published}
+    last = final_states(published)
     missing = sorted(truth.final[i].summary for i in truth.final.keys() - last.keys())
     assert not missing, f"alerts never published: {missing}"
     differ = [i for i, a in truth.final.items() if last[i] != a]

@@ -23,6 +23,7 @@ from monitor.scoring.pipeline import replay_messages
 from monitor.scoring.policy import Policy
 from monitor.scoring.scorer import Scorer
 from monitor.simulation.simulator import Simulation, SimulationSpec
+from tests.builders import final_states
 
 
 class ListSource:
@@ -199,8 +200,8 @@ def test_a_restart_reads_the_snapshot_and_goes_on_as_one_uninterrupted_run(
     )
 
     replayed, _ = replay_messages(lines, Scorer(Policy()), batch_size=250)
-    final = {a.alert_id: a for a in first_sink.alerts + second_sink.alerts}
-    assert final == replayed.final_alerts()
+    final = final_states(first_sink.alerts + second_sink.alerts)
+    assert final == final_states(replayed.alerts)
 
 
 def test_a_damaged_snapshot_falls_back_to_a_full_rebuild(tmp_path: Path) -> None:
@@ -221,7 +222,7 @@ def test_a_damaged_snapshot_falls_back_to_a_full_rebuild(tmp_path: Path) -> None
         == 1.0
     )
     replayed, _ = replay_messages(lines, Scorer(Policy()), batch_size=250)
-    assert {a.alert_id: a for a in sink.alerts} == replayed.final_alerts()
+    assert final_states(sink.alerts) == final_states(replayed.alerts)
 
 
 def test_a_snapshot_ahead_of_the_committed_offsets_is_not_used(tmp_path: Path) -> None:

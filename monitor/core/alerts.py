@@ -8,6 +8,7 @@ a restart or a redelivery can never page twice.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -56,6 +57,10 @@ class Alert(BaseModel):
     model_version: str | None = None
     amount_at_risk_minor: Annotated[int, Field(ge=0)] | None = None
     currency: Currency | None = None
+    # Grows with every change of the incident; of two versions of one alert_id, the one with
+    # the higher revision is the newer, whatever order they arrive in (0: written before posmon
+    # gave revisions).
+    revision: Annotated[int, Field(ge=0)] = 0
 
     # Every alert read is masked (`Incident.to_alert` masks the alerts it builds): a card number
     # that slipped past the guard at decode still cannot reach a topic, a channel, a report or a
@@ -75,6 +80,22 @@ def alert_id(detector: str, *key: str) -> str:
     """The deterministic id: the first 32 hex digits of SHA-256 over detector and incident key."""
     material = "\x1f".join((detector, *key)).encode()
     return hashlib.sha256(material).hexdigest()[:32]
+
+
+def is_newer(alert: Alert, than: Alert | None) -> bool:
+    """Whether `alert` replaces `than`, an earlier-received version of the same alert_id: a
+    version with a lower revision is an older state (a stalled former owner of its partition
+    published it late) and is kept out; an equal revision is the same state, said again."""
+    return than is None or alert.revision >= than.revision
+
+
+def newest(alerts: Iterable[Alert]) -> dict[str, Alert]:
+    """Each alert_id's newest version, of alerts in the order they were received."""
+    final: dict[str, Alert] = {}
+    for alert in alerts:
+        if is_newer(alert, final.get(alert.alert_id)):
+            final[alert.alert_id] = alert
+    return final
 
 
 def alert_json_schema() -> dict[str, object]:

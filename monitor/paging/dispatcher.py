@@ -91,6 +91,9 @@ class Dispatcher:
         self._open: dict[str, Alert] = {}  # firing incidents that may still resolve
         self._ended: dict[str, Alert] = {}  # resolved by the scorer, their trigger still to go out
         self._event_time = 0.0  # the newest last_seen seen, epoch seconds
+        # alert_id -> (highest revision received, its last_seen): an older version that arrives
+        # later is withheld as stale. Kept as long as the ledger remembers, on event time.
+        self._revisions: dict[str, tuple[int, float]] = {}
         self._reposted: dict[str, float] = {}  # channel -> when open incidents were last re-sent
         self._pruned_at: float | None = None
         if metrics is not None:
@@ -124,6 +127,11 @@ class Dispatcher:
                         ]
                     )
                     continue
+                if self._stale(alert):
+                    # An older state of the incident, published late (a former owner of its
+                    # partition that stalled): the newer version already here stands.
+                    self.tally.withhold("stale")
+                    continue
                 self._event_time = max(self._event_time, alert.last_seen.timestamp())
                 self.inhibitor.observe(alert)
                 if alert.details.get("resolved") is True:  # the scorer saw the incident end
@@ -140,6 +148,14 @@ class Dispatcher:
                     self.offsets.wait(where, alert.alert_id, {str(k) for k in keys}, now)
                 else:
                     self.tally.withhold("unrouted")  # no route and no default route
+
+    def _stale(self, alert: Alert) -> bool:
+        """Is `alert` older than a version of its id already received? Remembers its revision."""
+        seen = self._revisions.get(alert.alert_id)
+        if seen is not None and alert.revision < seen[0]:
+            return True
+        self._revisions[alert.alert_id] = (alert.revision, alert.last_seen.timestamp())
+        return False
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -214,7 +230,9 @@ class Dispatcher:
         self._pruned_at = now
         # Inhibition sources are kept as long as the ledger remembers (on event time): a
         # backlog's targets are muted however late they are read.
-        self.inhibitor.expire(self._event_time - LEDGER_RETENTION)
+        horizon = self._event_time - LEDGER_RETENTION
+        self.inhibitor.expire(horizon)
+        self._revisions = {k: v for k, v in self._revisions.items() if v[1] >= horizon}
         forgotten = self.ledger.forget(now - LEDGER_RETENTION)
         if forgotten:
             self.outbox.forget(forgotten)

@@ -11,7 +11,7 @@ OUTCOMES = ("delivered", "parked_permanent", "parked_deadline")
 CAUSES = ("permanent", "deadline")
 # Why an alert was not paged: muted by an inhibition source, already said (dedup), folded into
 # a storm summary, or taken by no route (a configuration without a default route).
-WITHHELD = ("inhibited", "duplicate", "folded", "unrouted")
+WITHHELD = ("inhibited", "duplicate", "folded", "unrouted", "stale")
 
 
 class DispatchMetrics:

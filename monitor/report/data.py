@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from monitor.core.alerts import Alert
+from monitor.core.alerts import Alert, is_newer
 from monitor.core.text import printable
 
 MONEY_DETECTORS = ("failed_then_debited", "duplicate_debit")
@@ -69,7 +69,8 @@ def load_alerts(path: Path) -> list[Alert]:
         problem = _unrepresentable(alert)
         if problem is not None:
             raise ReportError(f"{path}:{number}: not an alert posmon writes ({problem})")
-        final[alert.alert_id] = alert
+        if is_newer(alert, final.get(alert.alert_id)):
+            final[alert.alert_id] = alert
     return sorted(final.values(), key=lambda a: (a.first_seen, a.alert_id))
 
 

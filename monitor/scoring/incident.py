@@ -34,6 +34,9 @@ class Incident(ABC):
     event_ids: list[str] = field(default_factory=list)
     evidence_dropped: int = 0
     emitted: bool = False  # set once the first version went out: later ones are updates
+    # The revision of the version last emitted (`Scorer.take_alerts`): of two versions, the
+    # higher is the newer (docs/contract.md, "Alert").
+    revision: int = 0
     currency: str | None = None
 
     def add_evidence(self, t: int, *event_ids: str) -> None:
@@ -76,4 +79,5 @@ class Incident(ABC):
             model_version=None,
             amount_at_risk_minor=self.amount_at_risk(),
             currency=self.currency,
+            revision=self.revision,
         )

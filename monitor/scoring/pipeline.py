@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Final, Protocol
 
-from monitor.core.alerts import Alert
+from monitor.core.alerts import Alert, newest
 from monitor.core.batches import Batch, Source
 from monitor.core.events import Event, Rejection, decode, refusal
 from monitor.scoring.scorer import Scorer
@@ -230,8 +230,8 @@ class MemorySink:
         self.dead_letters.extend(dead_letters)
 
     def final_alerts(self) -> dict[str, Alert]:
-        """Each alert id's last version."""
-        return {alert.alert_id: alert for alert in self.alerts}
+        """Each alert id's newest version."""
+        return newest(self.alerts)
 
 
 def replay_messages(

@@ -255,7 +255,12 @@ class Scorer:
         and the part of them that is new (first emitted now)."""
         alerts, new = [], []
         evidence = self.evidence
+        # A version's revision is the watermark it was taken at, made to grow by at least one
+        # per version (docs/contract.md, "Alert"): two owners of a partition compare by how far
+        # in event time each had decided.
+        watermark = self.watermark.value
         for incident in self._changed.values():
+            incident.revision = max(watermark, incident.revision + 1)
             alert = incident.to_alert()
             alerts.append(alert)
             evidence.put(alert.alert_id, incident.last_seen, tuple(alert.event_ids))
