@@ -21,8 +21,13 @@ two values) with a message that names the value.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import tarfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -38,6 +43,8 @@ from pydantic import BaseModel
 
 from monitor.cli.oncall import build_channels, retry_policy
 from monitor.cli.settings import load_settings
+from monitor.streaming.embedded import EmbeddedBroker
+from tests.broker import TEST_TIMINGS, free_port, fresh_topic
 from tests.test_dashboards import _promtool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -465,3 +472,94 @@ def test_the_packaged_chart_carries_the_files_not_the_link(tmp_path: Path) -> No
     assert files == shipped
     with helm.Chart.load_archive(Path(archive).read_bytes()) as packaged:
         assert packaged.render({}, name="pm", namespace="risk") == render({})
+
+
+# --- the rendered pods, run ---------------------------------------------------------------------
+
+
+def _launch(
+    deployment: dict[str, Any], config: str, tmp_path: Path, port: int
+) -> subprocess.Popen[bytes]:
+    """The pod's container as a process: its arguments, its variables (a Secret's or the pod's
+    value stood in for), its configuration file with the mounted paths under `tmp_path`."""
+    container = _container(deployment)
+    name = container["name"]
+    data = tmp_path / name
+    text = config.replace("/var/lib/posmon", str(data))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("POSMON_")},
+        **_environment(container),
+        "POSMON_CONFIG": str(path),
+        # Two processes on one loopback: the port the chart gives both is moved for the test.
+        "POSMON_METRICS__HOST": "127.0.0.1",
+        "POSMON_METRICS__PORT": str(port),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "monitor", *container["args"]],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / f"{name}.log").open("wb"),
+    )
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def test_the_rendered_pods_start_and_get_ready_on_a_real_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The chart's two containers, as `posmon` processes with the chart's arguments, variables
+    and configuration files, against the embedded broker: both get ready, both stop cleanly."""
+    topic = fresh_topic(broker, partitions=3)
+    kafka = {
+        "bootstrap_servers": broker.bootstrap_servers,
+        "topic": topic,
+        "group": f"{topic}-group",
+        "alerts_topic": f"{topic}.alerts",
+        "labels_topic": "",
+        "session_timeout_ms": TEST_TIMINGS["session_timeout_ms"],
+        "heartbeat_interval_ms": TEST_TIMINGS["heartbeat_interval_ms"],
+    }
+    objects = manifests({"config": {"kafka": kafka, "run": {"snapshot_dir": "/var/lib/posmon/s"}}})
+    (config_map,) = [
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "pm-posmon"
+    ]
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    ports = {"run.yaml": free_port(), "dispatch.yaml": free_port()}
+    processes = [
+        _launch(
+            deployments["pm-posmon-run"],
+            config_map["data"]["run.yaml"],
+            tmp_path,
+            ports["run.yaml"],
+        ),
+        _launch(
+            deployments["pm-posmon-dispatch"],
+            config_map["data"]["dispatch.yaml"],
+            tmp_path,
+            ports["dispatch.yaml"],
+        ),
+    ]
+    try:
+        deadline = time.monotonic() + 90
+        while not all(_ready(p) for p in ports.values()):
+            assert time.monotonic() < deadline, [
+                (tmp_path / f"{n}.log").read_text()[-2000:] for n in ("run", "dispatch")
+            ]
+            assert all(p.poll() is None for p in processes)
+            time.sleep(0.5)
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        assert [p.wait(timeout=30) for p in processes] == [0, 0]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
