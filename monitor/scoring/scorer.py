@@ -15,6 +15,7 @@ The scorer knows no detector by name: it builds those the policy enables, in reg
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Collection, Iterable, Sequence
 from typing import Final
 
@@ -24,10 +25,12 @@ from monitor.core.events import KINDS, Event, RejectReason
 from monitor.core.labels import Label
 from monitor.scoring.attempts import Attempts
 from monitor.scoring.detectors.base import (
+    Amounts,
     Deadline,
     Detector,
     Ordered,
     Shared,
+    Stage,
 )
 from monitor.scoring.handlers import Handler, handlers
 from monitor.scoring.incident import Incident
@@ -65,8 +68,12 @@ def _refuse(
 class Scorer:
     """Owns the event-time state of one stream (one partition group) and its detectors."""
 
-    def __init__(self, policy: Policy, model: ModelSlot | None = None) -> None:
-        """`model`: the anomaly model's slot (None: no model, no features computed)."""
+    def __init__(
+        self, policy: Policy, model: ModelSlot | None = None, *, stage: Stage = "all"
+    ) -> None:
+        """`model`: the anomaly model's slot (None: no model, no features computed). `stage`:
+        the detectors of one stage of the partitioned design only (`Stage`); "all" for one
+        monitor that holds every event."""
         limits = policy.state
         self._model = model
         self.lateness = us(policy.allowed_lateness)
@@ -82,12 +89,16 @@ class Scorer:
             max_evidence=limits.max_evidence,
             evidence=Expiring(_EVIDENCE_TTL_US, limits.max_keys),
             model=model,
+            stage=stage,
         )
+        self.stage = stage
         self.evidence = shared.evidence
         self.detectors: tuple[Detector, ...] = tuple(
             settings.build(shared, rank)
             for rank, settings in enumerate(policy.detectors.all())
-            if settings.enabled and settings.wanted(shared)
+            if settings.enabled
+            and (stage == "all" or stage in settings.stages())
+            and settings.wanted(shared)
         )
         self._ordered = tuple(d for d in self.detectors if isinstance(d, Ordered))
         self._deadline = tuple(d for d in self.detectors if isinstance(d, Deadline))
@@ -98,7 +109,9 @@ class Scorer:
         self.consumed: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._partition = 0
         self._partition_max = NEVER
-        self._solo = True
+        # A card stage never moves its watermark from its events (a few of every stream's):
+        # its merchant stages give it (`advance_to`).
+        self._solo = stage != "card"
         self.duplicates = 0
         self.late = 0
         self.labels_unused = 0  # labels given with no detector to use them (no model)
@@ -114,6 +127,22 @@ class Scorer:
                 if attach is not None:
                     attach(model)
         self._handlers = handlers(self.detectors, self.attempts, self._changed)
+
+    def wanted(self) -> dict[str, tuple[tuple[int, float], ...]]:
+        """The events its detectors take: per kind, the bands of amounts (a kind absent: none).
+        A card stage is given only these (`monitor.scoring.staged`)."""
+        bands: dict[str, list[tuple[int, float]]] = {}
+        for detector in self.detectors:
+            hooks = detector.hooks()
+            for kind, hook in hooks.on_event.items():
+                if isinstance(hook, Amounts):
+                    high = math.inf if hook.at_most is None else hook.at_most
+                    bands.setdefault(kind, []).append((hook.at_least, high))
+                else:
+                    bands.setdefault(kind, []).append((0, math.inf))
+            for kind in hooks.on_attempt:
+                bands.setdefault(kind, []).append((0, math.inf))
+        return {kind: tuple(sorted(set(b))) for kind, b in bands.items()}
 
     @property
     def model(self) -> ModelSlot | None:
@@ -135,7 +164,9 @@ class Scorer:
         self._partition_max = maxima.get(partition, NEVER)
         # Alone, the partition's newest event is the watermark's only input: it can follow
         # every event, as docs/detectors.md reads for a replay.
-        self._solo = all(p == partition for p in (maxima if active is None else {*maxima, *active}))
+        self._solo = self.stage != "card" and all(
+            p == partition for p in (maxima if active is None else {*maxima, *active})
+        )
 
     def process(self, ev: Event) -> list[Refused]:
         """Apply one accepted event, as `process_many` does."""
@@ -225,6 +256,19 @@ class Scorer:
             wm = self.watermark.advance(active)
         # It may have taken in times that were ahead of the current partition.
         self._partition_max = self.watermark.maxima.get(self._partition, NEVER)
+        self._take_due(wm, closing)
+
+    def advance_to(self, watermark: int, *, closing: bool = False) -> None:
+        """Move the watermark to `watermark` (never back), given by the stage that holds every
+        event (a card stage follows its merchant stages), then release and decide as `advance`
+        does."""
+        if watermark > self.watermark.value:
+            self.watermark.value = watermark
+        self._take_due(self.watermark.value, closing)
+
+    def _take_due(self, wm: int, closing: bool) -> None:
+        """Release the held-back events the watermark `wm` has passed, take the decisions it has
+        passed, sweep."""
         changed = self._changed
         for ordered in self._ordered:
             for incident in ordered.release(wm, inclusive=closing):

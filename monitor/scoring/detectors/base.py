@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,6 +33,12 @@ from monitor.scoring.model import ModelSlot
 from monitor.scoring.state import Expiring, Order, Timers, Watermark
 
 P = TypeVar("P")
+
+# Which events a scorer holds: "all" of them (one monitor, a replay), or one stage of the
+# partitioned design (docs/streaming.md, "Scale-out"): a "merchant" stage holds a merchant
+# partition's events and runs the rules whose keys all live in one merchant's events; a "card"
+# stage is given the attempts the card-level rules need and runs those.
+Stage = Literal["all", "merchant", "card"]
 
 # What a hook found: the incidents it opened or grew (None, the usual answer: nothing).
 Found = Sequence[Incident] | None
@@ -78,6 +84,7 @@ class Shared:
     # an alert (`Scorer.take_alerts` fills it).
     evidence: Expiring[tuple[str, ...]]
     model: ModelSlot | None = None  # the anomaly model (None: none loaded)
+    stage: Stage = "all"
 
 
 @runtime_checkable
@@ -153,6 +160,12 @@ class DetectorSettings(BaseModel):
     def wanted(self, shared: Shared) -> bool:
         """Whether the detector has what it needs to run (enabled or not)."""
         return True
+
+    def stages(self) -> frozenset[Stage]:
+        """The stages of the partitioned design that run it: "merchant" for a rule whose keys
+        (attempt, terminal, merchant) all live in one merchant's events, "card" for a rule
+        that follows a card across merchants."""
+        return frozenset({"merchant"})
 
     @abstractmethod
     def build(self, shared: Shared, rank: int) -> Detector:

@@ -30,7 +30,7 @@ from monitor.core.events import Event
 from monitor.core.labels import Label
 from monitor.core.scored import ScoredRows
 from monitor.core.text import short_card
-from monitor.scoring.detectors.base import DetectorSettings, Found, Hooks, Ordered, Shared
+from monitor.scoring.detectors.base import DetectorSettings, Found, Hooks, Ordered, Shared, Stage
 from monitor.scoring.features import FEATURE_VERSION, FEATURES, FeatureState
 from monitor.scoring.incident import Incident
 from monitor.scoring.model import Model, ModelSlot
@@ -55,6 +55,9 @@ class Settings(DetectorSettings):
 
     def wanted(self, shared: Shared) -> bool:
         return shared.model is not None and shared.model.active
+
+    def stages(self) -> frozenset[Stage]:
+        return frozenset({"card"})  # the card's history is a feature
 
     def build(self, shared: Shared, rank: int) -> ModelOutlier:
         assert shared.model is not None

@@ -23,6 +23,7 @@ from monitor.scoring.detectors.base import (
     Hooks,
     Ordered,
     Shared,
+    Stage,
 )
 from monitor.scoring.detectors.episodes import Episodes
 from monitor.scoring.incident import Incident
@@ -40,6 +41,11 @@ class Settings(DetectorSettings):
 
     def build(self, shared: Shared, rank: int) -> SmallAmountBurst:
         return SmallAmountBurst(self, shared)
+
+    def stages(self) -> frozenset[Stage]:
+        """The card-level rule follows a card across merchants; the terminal-level one stays
+        within a merchant's events."""
+        return frozenset({"card", "merchant"} if self.terminal_min_attempts else {"card"})
 
 
 @dataclass(slots=True, kw_only=True)
@@ -77,6 +83,9 @@ class SmallAmountBurst(Ordered):
         self._terminals: WindowLog[Event] = WindowLog(keep, cap)
         self._terminal_episodes: Episodes[Burst] = Episodes(self.window, cap)
         self.small_attempts = 0  # every attempt at or below the small amount
+        # The scopes this stage counts (docs/streaming.md, "Scale-out").
+        self._by_card = shared.stage != "merchant"
+        self._by_terminal = settings.terminal_min_attempts is not None and shared.stage != "card"
 
     def __len__(self) -> int:
         return len(self._held)
@@ -87,20 +96,23 @@ class SmallAmountBurst(Ordered):
 
     def on_request(self, ev: Event) -> Found:
         """A small attempt arrived: log it now, count it once the watermark passes it."""
-        self.small_attempts += 1
-        self._cards.append(ev.card_id, ev.t, ev.event_id, ev)
-        if self.settings.terminal_min_attempts is not None:
+        if self._by_card:
+            self.small_attempts += 1  # counted once, where cards are counted
+            self._cards.append(ev.card_id, ev.t, ev.event_id, ev)
+        if self._by_terminal:
             self._terminals.append(ev.terminal_id, ev.t, ev.event_id, ev)
         self._held.push(ev.t, ev.event_id, ev)
         return None
 
     def release(self, watermark: int, *, inclusive: bool) -> Iterator[Burst]:
         terminal_min = self.settings.terminal_min_attempts
+        by_card, by_terminal = self._by_card, self._by_terminal
         for _t, _event_id, ev in self._held.release(watermark, inclusive=inclusive):
-            card = self._count(ev, by_card=True, min_attempts=self.settings.min_attempts)
-            if card is not None:
-                yield card
-            if terminal_min is not None:
+            if by_card:
+                card = self._count(ev, by_card=True, min_attempts=self.settings.min_attempts)
+                if card is not None:
+                    yield card
+            if by_terminal and terminal_min is not None:
                 terminal = self._count(ev, by_card=False, min_attempts=terminal_min)
                 if terminal is not None:
                     yield terminal
