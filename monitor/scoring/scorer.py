@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Final
 
 from monitor.core.alerts import Alert
@@ -110,8 +110,9 @@ class Scorer:
         self._partition = 0
         self._partition_max = NEVER
         # A card stage never moves its watermark from its events (a few of every stream's):
-        # its merchant stages give it (`advance_to`).
+        # its merchant stages' frontiers do (`follow`).
         self._solo = stage != "card"
+        self._sources: dict[int, int] = {}  # a card stage's source partitions' frontiers
         self.duplicates = 0
         self.late = 0
         self.labels_unused = 0  # labels given with no detector to use them (no model)
@@ -130,7 +131,7 @@ class Scorer:
 
     def wanted(self) -> dict[str, tuple[tuple[int, float], ...]]:
         """The events its detectors take: per kind, the bands of amounts (a kind absent: none).
-        A card stage is given only these (`monitor.scoring.staged`)."""
+        A card stage is given only these (docs/streaming.md, "Scale-out")."""
         bands: dict[str, list[tuple[int, float]]] = {}
         for detector in self.detectors:
             hooks = detector.hooks()
@@ -258,13 +259,38 @@ class Scorer:
         self._partition_max = self.watermark.maxima.get(self._partition, NEVER)
         self._take_due(wm, closing)
 
-    def advance_to(self, watermark: int, *, closing: bool = False) -> None:
-        """Move the watermark to `watermark` (never back), given by the stage that holds every
-        event (a card stage follows its merchant stages), then release and decide as `advance`
-        does."""
-        if watermark > self.watermark.value:
-            self.watermark.value = watermark
-        self._take_due(self.watermark.value, closing)
+    def frontiers(self) -> dict[int, int]:
+        """The newest event time of each partition it holds (after `advance`): the markers a
+        merchant stage gives the card stage with each batch."""
+        return dict(self.watermark.maxima)
+
+    def follow(
+        self,
+        frontiers: Mapping[int, int],
+        active: Collection[int] | None = None,
+        *,
+        closing: bool = False,
+    ) -> None:
+        """A card stage's `advance`: take the source partitions' frontiers its merchant stages
+        gave (`frontiers`), move the watermark to the smallest over the `active` source
+        partitions (None: every one that has spoken) less the lateness, exactly as one monitor
+        holding every partition would, then release and decide. An active partition that has
+        not spoken yet holds it where it is; none active (every one idle), or `closing`, moves
+        it to the newest frontier, as at the end of a replay."""
+        sources = self._sources
+        for partition, t in frontiers.items():
+            if t > sources.get(partition, NEVER):
+                sources[partition] = t
+        watermark = self.watermark
+        if closing or (active is not None and not active):
+            closing = True
+            if sources:
+                watermark.value = max(watermark.value, *sources.values())
+        elif active is None or all(p in sources for p in active):
+            times = [sources[p] for p in (sources if active is None else active)]
+            if times and min(times) - self.lateness > watermark.value:
+                watermark.value = min(times) - self.lateness
+        self._take_due(watermark.value, closing)
 
     def _take_due(self, wm: int, closing: bool) -> None:
         """Release the held-back events the watermark `wm` has passed, take the decisions it has
