@@ -422,6 +422,13 @@ REFUSED = [
         {"run": {"replicas": 2, "state": {"persistence": {"enabled": True}}}},
         "give run.state.persistence.accessModes [ReadWriteMany]",
     ),
+    (
+        {
+            "run": {"state": {"persistence": {"enabled": True}}},
+            "autoscaling": {"enabled": True, "partitions": 6, "maxReplicas": 3},
+        },
+        "autoscaling.maxReplicas) would share one state claim",
+    ),
     ({"serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
 ]
 
