@@ -57,9 +57,9 @@ class Alert(BaseModel):
     model_version: str | None = None
     amount_at_risk_minor: Annotated[int, Field(ge=0)] | None = None
     currency: Currency | None = None
-    # Grows with every change of the incident; of two versions of one alert_id, the one with
-    # the higher revision is the newer, whatever order they arrive in (0: written before posmon
-    # gave revisions).
+    # Grows with every version of the incident (the watermark it was taken at, raised by one
+    # where needed): of two versions of one alert_id, the higher revision is the newer, whatever
+    # order they arrive in (0: written before posmon gave revisions).
     revision: Annotated[int, Field(ge=0)] = 0
 
     # Every alert read is masked (`Incident.to_alert` masks the alerts it builds): a card number
@@ -85,7 +85,8 @@ def alert_id(detector: str, *key: str) -> str:
 def is_newer(alert: Alert, than: Alert | None) -> bool:
     """Whether `alert` replaces `than`, an earlier-received version of the same alert_id: a
     version with a lower revision is an older state (a stalled former owner of its partition
-    published it late) and is kept out; an equal revision is the same state, said again."""
+    published it late, or a monitor rebuilding its state met it again) and is kept out; an
+    equal revision is taken as the same state said again, and the later one is kept."""
     return than is None or alert.revision >= than.revision
 
 
