@@ -82,6 +82,18 @@ def monitor_environ(settings: KafkaSettings, metrics_port: int, **extra: str) ->
     }
 
 
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, every: float = 0.1
+) -> None:
+    """Poll `condition` every `every` seconds until it holds; fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -39,7 +39,7 @@ from monitor.streaming.labelstopic import KafkaLabels, LabelRead
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.settings import KafkaSettings
 from monitor.streaming.topics import committed_offsets, read_topic
-from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ, scrape
+from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ, scrape, wait_for
 from tests.builders import encode, event
 from tests.test_broker_outage import Process
 from tests.test_cli import posmon
@@ -393,7 +393,7 @@ def test_posmon_run_counts_labels_and_garbage_and_reads_them_again_at_start(
     seen = monitor.wait_for(invalid=len(GARBAGE) + 2, used=2)
     assert seen["applied"] == seen["unknown_alert"] == seen["no_known_at"] == 0.0
     print(f"\nposmon_labels_total of posmon run: {seen}")
-    _wait(lambda: sum(committed_offsets(settings).values()) == 12 + 68, "every event scored")
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 12 + 68, 30, "every event scored")
     skipped = [line for line in monitor.process.lines if "skipped" in line]
     assert len(skipped) >= len(GARBAGE), monitor.process.lines
     assert f"{settings.labels_topic}/0/1 skipped: not JSON" in "\n".join(skipped)
@@ -404,12 +404,3 @@ def test_posmon_run_counts_labels_and_garbage_and_reads_them_again_at_start(
     monitors.append(again := Monitor(settings))
     again.wait_for(invalid=len(GARBAGE) + 2, used=2, timeout=60)
     again.stop()
-
-
-def _wait(condition: Callable[[], object], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")

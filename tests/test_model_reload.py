@@ -41,7 +41,7 @@ from monitor.streaming.embedded import EmbeddedBroker
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.settings import KafkaSettings
 from monitor.streaming.topics import committed_offsets, read_topic
-from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ, scrape
+from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ, scrape, wait_for
 from tests.test_broker_outage import Process
 from tests.test_model import (
     edit_card,
@@ -342,7 +342,7 @@ class Monitor:
 
     def caught_up(self, scored_before: float) -> None:
         """Everything produced is committed and more requests were scored."""
-        _wait_for(
+        wait_for(
             lambda: (
                 sum(committed_offsets(self.settings).values()) >= self.produced
                 and self.scored() > scored_before
@@ -356,15 +356,6 @@ class Monitor:
         records = read_topic(self.settings, self.settings.alerts_topic, timeout_s=30)
         alerts = {(r.partition, r.offset): Alert.model_validate_json(r.value) for r in records}
         return {at: a for at, a in alerts.items() if a.detector == "model_outlier"}
-
-
-def _wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -396,7 +387,7 @@ def test_sighup_swaps_in_a_valid_model_and_refuses_the_others_while_the_old_one_
     first.write(directory)
     monitor = Monitor(broker, directory, reload_every="0s")  # only SIGHUP looks
     processes.append(monitor.process)
-    _wait_for(
+    wait_for(
         lambda: monitor.reloads("loaded") == 0.0 and monitor.versions() == {old},
         60,
         f"posmon_model_info of {old}",
@@ -408,7 +399,7 @@ def test_sighup_swaps_in_a_valid_model_and_refuses_the_others_while_the_old_one_
         first.write(directory)
         tamper(directory)
         monitor.hangup()
-        _wait_for(partial(monitor.counted, outcome, 1.0), 15, f"{outcome} after {name}")
+        wait_for(partial(monitor.counted, outcome, 1.0), 15, f"{outcome} after {name}")
         assert monitor.versions() == {old}, name
     refused = [line for line in monitor.process.lines if "refused" in line]
     assert len(refused) == len(REFUSALS), monitor.process.lines
@@ -426,7 +417,7 @@ def test_sighup_swaps_in_a_valid_model_and_refuses_the_others_while_the_old_one_
     second.write(directory)
     hung_up = time.monotonic()
     monitor.hangup()
-    _wait_for(lambda: monitor.versions() == {new}, 15, f"posmon_model_info of {new} alone")
+    wait_for(lambda: monitor.versions() == {new}, 15, f"posmon_model_info of {new} alone")
     shown = time.monotonic() - hung_up
     assert monitor.reloads("loaded") == 1.0
     assert [monitor.reloads(o) for _, _, o in REFUSALS] == [1.0, 1.0, 1.0]
@@ -460,12 +451,12 @@ def test_with_reload_every_a_new_artifact_is_picked_up_without_a_signal(
     first.write(directory)
     monitor = Monitor(broker, directory, reload_every="1s")
     processes.append(monitor.process)
-    _wait_for(lambda: monitor.versions() == {first.model.version}, 60, "the first model")
+    wait_for(lambda: monitor.versions() == {first.model.version}, 60, "the first model")
     monitor.produce(streamed[0])
     monitor.caught_up(0.0)
     written = time.monotonic()
     second.write(directory)
-    _wait_for(lambda: monitor.versions() == {second.model.version}, 15, "the new model")
+    wait_for(lambda: monitor.versions() == {second.model.version}, 15, "the new model")
     print(f"\nreload_every 1 s: the new model shown {time.monotonic() - written:.1f} s after")
     assert monitor.reloads("loaded") == 1.0
     time.sleep(2.5)  # two more looks at the unchanged artifact

@@ -31,7 +31,7 @@ from monitor.streaming.embedded import EmbeddedBroker
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.settings import KafkaSettings
 from monitor.streaming.topics import committed_offsets, read_topic
-from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ
+from tests.broker import free_port, fresh_topic, kafka_settings, monitor_environ, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = SimulationSpec(seed=21, hours=3.0, merchants=20)
@@ -94,12 +94,7 @@ def _alert_ids(stream: Stream) -> list[str]:
 
 
 def _wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_for(condition, timeout, what, every=0.5)
 
 
 def _up(stream: Stream, probe: str = "healthz") -> bool:
