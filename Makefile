@@ -71,6 +71,7 @@ bench: $(STAMP) ## replay and streaming throughput, latency and memory (prints i
 	$(BIN)/python bench/replay_bench.py
 	$(BIN)/python bench/stream_bench.py
 	$(BIN)/python bench/model_bench.py
+	$(BIN)/python bench/workers_bench.py
 
 dashboards: $(STAMP) ## regenerate dashboards/*.json from dashboards/*.py
 	$(BIN)/python dashboards/generate.py

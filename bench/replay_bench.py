@@ -50,7 +50,12 @@ HOURS_PER_MILLION = 62.0
 
 
 class NullSink:
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
+    def publish(
+        self,
+        alerts: Sequence[Alert],
+        dead_letters: Sequence[Rejection],
+        handoffs: Sequence[tuple[int, bytes | None, bytes]] = (),
+    ) -> None:
         pass
 
 

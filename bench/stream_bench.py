@@ -38,6 +38,7 @@ from monitor.cli.anomaly import DEFAULT_MODEL
 from monitor.core.alerts import Alert
 from monitor.core.batches import Batch
 from monitor.core.events import Rejection
+from monitor.scoring.handoff import Handoff
 from monitor.scoring.model import ModelSlot, load_model
 from monitor.scoring.pipeline import Stats, run
 from monitor.scoring.policy import Policy
@@ -69,7 +70,7 @@ def throughput(events: int, runs: int) -> None:
     gc.collect()  # as `posmon run` does (monitor/cli/commands.py): no cycle collector while scoring
     gc.freeze()
     gc.disable()
-    raw, rates, modelled = [], [], []
+    raw, rates, modelled, split, split_model = [], [], [], [], []
     model = load_model(DEFAULT_MODEL)
     for n in range(runs):
         with EmbeddedBroker() as broker:  # started before pinning: it keeps the other core
@@ -87,10 +88,15 @@ def throughput(events: int, runs: int) -> None:
                         ModelSlot(live=model),
                     )
                 )
+                split.append(_split(base, "bench-split", len(lines), None, 6))
+                split_model.append(
+                    _split(base, "bench-split-model", len(lines), ModelSlot(live=model), 1)
+                )
         print(
             f"  run {n + 1}: bare poll {raw[-1]:,.0f} messages/s,"
             f" posmon {rates[-1]:,.0f} events/s ({rates[-1] / raw[-1]:.2f} of the bare loop),"
-            f" with the model {modelled[-1]:,.0f} events/s"
+            f" with the model {modelled[-1]:,.0f} events/s; both stages on one core"
+            f" {split[-1]:,.0f} events/s, with the model {split_model[-1]:,.0f}"
         )
     print(
         f"reference: kafka-python's bare poll loop here: median {statistics.median(raw):,.0f}"
@@ -108,6 +114,15 @@ def throughput(events: int, runs: int) -> None:
         f"throughput with the anomaly model ({model.version}): median"
         f" {statistics.median(modelled):,.0f} events/s, {with_model:.2f} of the same loop without"
         " it (target 0.8)"
+    )
+    print(
+        "the two stages of scale-out (merchant stage with its forwards and markers, then the card"
+        " stage over them; both on one core): median"
+        f" {statistics.median(split):,.0f} events/s without the model,"
+        f" {statistics.median(s / r for s, r in zip(split, rates, strict=True)):.2f} of the"
+        f" single scorer; {statistics.median(split_model):,.0f} with it,"
+        f" {statistics.median(s / m for s, m in zip(split_model, modelled, strict=True)):.2f}"
+        " of the single scorer with the model"
     )
 
 
@@ -161,6 +176,56 @@ def _posmon(settings: KafkaSettings, count: int, model: ModelSlot | None = None)
         sink.close()
 
 
+def _split(
+    base: KafkaSettings, group: str, count: int, model: ModelSlot | None, cards: int
+) -> float:
+    """The two stages of `posmon run --stage both`, one after the other on this core: the
+    merchant stage over the topic (forwarding to its cards topic), then the card stage over
+    everything forwarded. Events/s: the events over the two loops' times added."""
+    settings = base.model_copy(update={"group": group})
+    ensure_topics(settings, {settings.cards_topic_name: cards})
+    card = Scorer(Policy(), model, stage="card")
+    handoff = Handoff(card.wanted(), cards, 6)
+    source, sink = KafkaSource(settings), KafkaSink(settings)
+    stats, clock = Stats(), _FirstBatch()
+    try:
+        run(
+            source,
+            sink,
+            Scorer(Policy(), stage="merchant"),
+            stats,
+            stopping=lambda: stats.messages >= count,
+            on_batch=clock.on_batch,
+            restart=lambda: Scorer(Policy(), stage="merchant"),
+            handoff=handoff,
+        )
+        merchant_s = time.perf_counter() - clock.started
+    finally:
+        source.close()
+        sink.close()
+    forwarded = handoff.records
+    cards_settings = settings.model_copy(
+        update={"topic": settings.cards_topic_name, "group": f"{group}-cards"}
+    )
+    source, sink = KafkaSource(cards_settings), KafkaSink(cards_settings)
+    card_stats, card_clock = Stats(), _FirstBatch()
+    try:
+        run(
+            source,
+            sink,
+            card,
+            card_stats,
+            stopping=lambda: card_stats.messages >= forwarded,
+            on_batch=card_clock.on_batch,
+            restart=lambda: Scorer(Policy(), model, stage="card"),
+        )
+        card_s = time.perf_counter() - card_clock.started
+    finally:
+        source.close()
+        sink.close()
+    return count / (merchant_s + card_s)
+
+
 class _FirstBatch:
     """Remembers when the first non-empty batch was scored (the group join is not counted)."""
 
@@ -189,8 +254,10 @@ def probes(lines: Sequence[bytes], every: int = 200) -> Iterator[bytes]:
         yield line
 
 
-def latency(broker: EmbeddedBroker, rate: float, seconds: float) -> None:
-    topic = f"bench.latency.{int(rate)}"
+def latency(broker: EmbeddedBroker, rate: float, seconds: float, stage: str = "both") -> None:
+    """`stage`: `posmon run --stage` (both: the default, with the card stage beside; all: the
+    single scorer)."""
+    topic = f"bench.latency.{int(rate)}.{stage}"
     settings = KafkaSettings(
         bootstrap_servers=broker.bootstrap_servers,
         topic=topic,
@@ -208,6 +275,7 @@ def latency(broker: EmbeddedBroker, rate: float, seconds: float) -> None:
         "POSMON_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
         "POSMON_METRICS__HOST": "127.0.0.1",
         "POSMON_METRICS__PORT": str(_free_port()),
+        "POSMON_RUN__STAGE": stage,
     }
     monitor = subprocess.Popen(
         [sys.executable, "-m", "monitor", "run"],
@@ -239,13 +307,15 @@ def latency(broker: EmbeddedBroker, rate: float, seconds: float) -> None:
                 delays.append(record.timestamp - produced[event_id])
     delays.sort()
     if not delays:
-        print(f"latency at {rate:,.0f} events/s: no probe alerts (sent {sent:,})")
+        print(
+            f"latency at {rate:,.0f} events/s, --stage {stage}/s: no probe alerts (sent {sent:,})"
+        )
         return
     p50 = delays[len(delays) // 2]
     p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
     print(
-        f"latency at {rate:,.0f} events/s ({offered:,.0f}/s achieved, {sent:,} events,"
-        f" {len(delays)} probes):"
+        f"latency at {rate:,.0f} events/s, --stage {stage} ({offered:,.0f}/s achieved,"
+        f" {sent:,} events, {len(delays)} probes):"
         f" p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
     )
 
@@ -257,7 +327,12 @@ def _free_port() -> int:
 
 
 class NullSink:
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
+    def publish(
+        self,
+        alerts: Sequence[Alert],
+        dead_letters: Sequence[Rejection],
+        handoffs: Sequence[tuple[int, bytes | None, bytes]] = (),
+    ) -> None:
         pass
 
 
@@ -273,10 +348,11 @@ def main() -> None:
     print(f"posmon streaming benchmark: {cores} cores here, embedded Tansu broker, kafka-python")
     throughput(args.events, args.runs)
     for rate in (5_000.0, 20_000.0):
-        with EmbeddedBroker() as broker:  # each load on a fresh broker, as the throughput runs
-            worker = threading.Thread(target=latency, args=(broker, rate, args.seconds))
-            worker.start()
-            worker.join()
+        for stage in ("all", "both"):  # the single scorer, then the default two stages
+            with EmbeddedBroker() as broker:  # each load on a fresh broker
+                worker = threading.Thread(target=latency, args=(broker, rate, args.seconds, stage))
+                worker.start()
+                worker.join()
 
 
 if __name__ == "__main__":

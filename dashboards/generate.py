@@ -334,17 +334,22 @@ def health_pace() -> list[Item]:
         timeseries(
             "Throughput by event kind",
             "Events consumed and scored per second, by kind (authorisation requests and"
-            " outcomes, ledger postings, pre-authorisation holds). From posmon:events:rate5m.",
+            " outcomes, ledger postings, pre-authorisation holds), read from the events topic"
+            " (the card stage's second reading of forwarded events is under Scale-out). From"
+            " posmon:events:rate5m.",
             "ops",
             query("posmon:events:rate5m", "{{kind}}"),
             stacked=True,
         ),
         timeseries(
             "Consumer lag by partition",
-            "Messages waiting in Kafka that posmon has not read yet, per partition. A steadily"
-            " growing line means posmon cannot keep up and alerts arrive late.",
+            "Messages waiting in Kafka that posmon has not read yet, per partition: of the"
+            " events topic (kafka.topic, group kafka.group) and, with the scale-out's card"
+            " stage, of its internal topic (kafka.cards_topic, group kafka.cards_group). A"
+            " steadily growing line means posmon cannot keep up and alerts arrive late.",
             "short",
-            query("posmon:consumer_lag_messages:max", "partition {{partition}}"),
+            query('posmon:consumer_lag_messages:max{stage!="card"}', "events: {{partition}}"),
+            query('posmon:consumer_lag_messages:max{stage="card"}', "cards: {{partition}}"),
         ),
         timeseries(
             "Watermark delay",
@@ -352,23 +357,35 @@ def health_pace() -> list[Item]:
             " notion of 'now' is. Timers (missing reversal, stale pre-authorisation) fire only"
             " when the watermark passes them. Per partition: wall clock minus the newest event"
             " time seen there; a partition far above the others is quiet or lagging (an idle"
-            " one stops holding the watermark back after kafka.idle_partition_s).",
+            " one stops holding the watermark back after kafka.idle_partition_s). The card"
+            " stage follows the merchant stage's watermark through its markers: its line"
+            " should stay close to the first.",
             "s",
-            query('max(posmon_watermark_delay_seconds{job="posmon"})', "watermark delay"),
-            query("posmon:event_lag_seconds:p95_5m", "event lag p95"),
             query(
-                'max by (partition) (posmon_partition_delay_seconds{job="posmon"})',
+                'max(posmon_watermark_delay_seconds{job="posmon", stage!="card"})',
+                "watermark delay",
+            ),
+            query(
+                'max(posmon_watermark_delay_seconds{job="posmon", stage="card"})',
+                "card stage watermark delay",
+            ),
+            query('posmon:event_lag_seconds:p95_5m{stage!="card"}', "event lag p95"),
+            query(
+                'max by (partition) (posmon_partition_delay_seconds{job="posmon", stage!="card"})',
                 "partition {{partition}}",
             ),
         ),
         timeseries(
             "Processing latency per batch",
             "Time to decode and score one batch, 50th, 95th and 99th percentiles over 5"
-            " minutes (recording rules posmon:processing_seconds:p50_5m/p95_5m/p99_5m).",
+            " minutes (recording rules posmon:processing_seconds:p50_5m/p95_5m/p99_5m), and"
+            " the card stage's own batches apart.",
             "s",
-            query("posmon:processing_seconds:p50_5m", "p50"),
-            query("posmon:processing_seconds:p95_5m", "p95"),
-            query("posmon:processing_seconds:p99_5m", "p99"),
+            query('posmon:processing_seconds:p50_5m{stage!="card"}', "p50"),
+            query('posmon:processing_seconds:p95_5m{stage!="card"}', "p95"),
+            query('posmon:processing_seconds:p99_5m{stage!="card"}', "p99"),
+            query('posmon:processing_seconds:p50_5m{stage="card"}', "card stage p50"),
+            query('posmon:processing_seconds:p99_5m{stage="card"}', "card stage p99"),
         ),
     ]
 
@@ -383,10 +400,15 @@ def health_delivery() -> list[Item]:
             "ops",
             query("posmon:events_rejected:rate5m", "rejected: {{reason}}"),
             query(
-                'sum(rate(posmon_events_duplicate_total{job="posmon"}[$__rate_interval]))',
+                'sum(rate(posmon_events_duplicate_total{job="posmon", stage!="card"}'
+                "[$__rate_interval]))",
                 "duplicates",
             ),
-            query('sum(rate(posmon_events_late_total{job="posmon"}[$__rate_interval]))', "late"),
+            query(
+                'sum(rate(posmon_events_late_total{job="posmon", stage!="card"}'
+                "[$__rate_interval]))",
+                "late",
+            ),
         ),
         timeseries(
             "Deliveries by channel and outcome",
@@ -440,19 +462,32 @@ def health_instances() -> list[Item]:
         timeseries(
             "State sizes",
             "Entries held in memory by each state store (attempts, dedup_ids, timers,"
-            " held_back, preauth_holds). Steady growth without a plateau means state is not"
-            " being expired.",
+            " held_back, preauth_holds), the card stage's apart. Steady growth without a"
+            " plateau means state is not being expired.",
             "short",
-            query('sum by (store) (posmon_state_entries{job="posmon"})', "{{store}}"),
+            query(
+                'sum by (store) (posmon_state_entries{job="posmon", stage!="card"})', "{{store}}"
+            ),
+            query(
+                'sum by (store) (posmon_state_entries{job="posmon", stage="card"})',
+                "card stage: {{store}}",
+            ),
         ),
         bargauge(
             "Consumer group rebalances (range)",
-            "Kafka consumer group rebalances over the selected range. Each one pauses"
-            " consumption briefly; frequent rebalances point to crashing or slow instances.",
+            "Kafka consumer group rebalances over the selected range, of the events group and"
+            " of the card stage's group. Each one pauses consumption briefly and rebuilds the"
+            " state; frequent rebalances point to crashing or slow instances.",
             "short",
             query(
-                'sum by (instance) (increase(posmon_rebalances_total{job="posmon"}[$__range]))',
+                "sum by (instance)"
+                ' (increase(posmon_rebalances_total{job="posmon", stage!="card"}[$__range]))',
                 "{{instance}}",
+            ),
+            query(
+                "sum by (instance)"
+                ' (increase(posmon_rebalances_total{job="posmon", stage="card"}[$__range]))',
+                "{{instance}} (card stage)",
             ),
             size=(8, 6),
         ),
@@ -472,6 +507,95 @@ def health_instances() -> list[Item]:
                 excludeByName={"Time": True, "Value #A": True, "Value #B": True, "__name__": False},
             )
         ),
+    ]
+
+
+CARD_STAGE_BEHIND = 300  # s: PosmonCardStageBehind (dashboards/prometheus/alerting.rules.yml)
+
+
+def health_scaleout() -> list[Item]:
+    """The two stages of `posmon run` and the internal topic between them (docs/streaming.md,
+    "Scale-out"): the merchant stage's series carry no `stage` label, the card stage's
+    stage="card"."""
+    behind = (
+        'max by (job, partition) (posmon_card_source_delay_seconds{job="posmon"})'
+        " - on (job, partition) min by (job, partition)"
+        ' (posmon_partition_delay_seconds{job="posmon", stage!="card"})'
+    )
+    return [
+        row("Scale-out"),
+        timeseries(
+            "Forwarded events and markers",
+            "Per second: events the merchant stage hands the card stage on kafka.cards_topic"
+            " (auth requests at or below small_amount_burst's max_amount_minor; with a model,"
+            " every request and outcome), events the card stage reads back, and the watermark"
+            " markers the merchant stage publishes (to every partition of the topic, after"
+            " each batch) and the card stage reads. Read should follow forwarded and published;"
+            " a gap that lasts is the card group's lag. Empty with run.stage all.",
+            "ops",
+            query(
+                'sum(rate(posmon_forwarded_events_total{job="posmon"}[$__rate_interval]))',
+                "forwarded events",
+            ),
+            query(
+                'sum(rate(posmon_events_consumed_total{job="posmon", stage="card"}'
+                "[$__rate_interval]))",
+                "events read by the card stage",
+            ),
+            query(
+                'sum(rate(posmon_markers_published_total{job="posmon"}[$__rate_interval]))',
+                "markers published",
+            ),
+            query(
+                'sum(rate(posmon_card_markers_total{job="posmon"}[$__rate_interval]))',
+                "markers read",
+            ),
+        ),
+        timeseries(
+            "Card stage delay by source partition",
+            "Per partition of the events topic: wall clock minus the newest event time the"
+            " card stage knows there (from the markers), and how far that is behind the"
+            " merchant stage's own delay on the partition, at most over partitions. A quiet"
+            " partition raises both delays alike; the second line rising means the card stage"
+            " decides late (PosmonCardStageBehind fires above 5 minutes for 10 minutes).",
+            "s",
+            query(
+                'max by (partition) (posmon_card_source_delay_seconds{job="posmon"})',
+                "partition {{partition}}",
+            ),
+            query(f"max({behind})", "behind the merchant stage"),
+        )
+        .thresholds(thresholds("green", ("red", CARD_STAGE_BEHIND)))
+        .override_by_name(
+            "behind the merchant stage",
+            [model.DynamicConfigValue(id_val="custom.thresholdsStyle", value={"mode": "dashed"})],
+        ),
+        timeseries(
+            "Consumer lag of both groups",
+            "Messages not yet read, summed over partitions: the events group (kafka.group, on"
+            " kafka.topic) and the card stage's group (kafka.cards_group, on"
+            " kafka.cards_topic). The chart's autoscaling adds replicas on either; each group"
+            " has at most as many busy members as its topic has partitions.",
+            "short",
+            query('sum(posmon_consumer_lag_messages{job="posmon", stage!="card"})', "events group"),
+            query('sum(posmon_consumer_lag_messages{job="posmon", stage="card"})', "card group"),
+            size=(16, 7),
+        ),
+        stat(
+            "Invalid internal records (range)",
+            "Records of kafka.cards_topic the card stage skipped over the selected range:"
+            " neither a forwarded event nor a marker. Anything above zero means another"
+            " producer writes to the topic or the two stages run builds that disagree on its"
+            " records (PosmonCardRecordsInvalid).",
+            "short",
+            query(
+                'sum(increase(posmon_card_records_invalid_total{job="posmon"}[$__range]))',
+                "invalid records",
+            ),
+            size=(8, 7),
+        )
+        .decimals(0)
+        .thresholds(thresholds("green", ("red", 1))),
     ]
 
 
@@ -604,9 +728,16 @@ def health() -> model.Dashboard:
         "posmon-health",
         "posmon health",
         "Is posmon keeping up and getting its alerts delivered? Throughput, lag, watermark,"
-        " latency, rejects, delivery, state, and the anomaly model.",
+        " latency, rejects, delivery, state, the scale-out's two stages, and the anomaly"
+        " model.",
         ["posmon", "health"],
-        [*health_pace(), *health_delivery(), *health_instances(), *health_model()],
+        [
+            *health_pace(),
+            *health_delivery(),
+            *health_instances(),
+            *health_scaleout(),
+            *health_model(),
+        ],
     )
 
 

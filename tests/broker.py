@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -298,3 +299,14 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """`posmon` processes a test starts: any still running at its end is killed."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

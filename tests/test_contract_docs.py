@@ -22,7 +22,7 @@ from monitor.cli.main import parser
 from monitor.core.alerts import DETECTORS, Alert
 from monitor.core.events import WireEvent
 from monitor.paging.metrics import DispatchMetrics
-from monitor.scoring.metrics import Metrics
+from monitor.scoring.metrics import CardMetrics, Metrics
 from monitor.scoring.policy import Detectors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,7 +198,7 @@ def test_commands_table_lists_every_option_of_each_subcommand() -> None:
 
 def _wrappers() -> Iterator[MetricWrapperBase]:
     """Every series object the two loops register, each on a registry of its own."""
-    for build in (Metrics, DispatchMetrics):
+    for build in (Metrics, CardMetrics, DispatchMetrics):
         series = build(CollectorRegistry())
         yield from (v for v in vars(series).values() if isinstance(v, MetricWrapperBase))
 
@@ -206,7 +206,7 @@ def _wrappers() -> Iterator[MetricWrapperBase]:
 def _exposed() -> dict[str, set[str]]:
     """Every family the loops register, by the name it is exposed under, with its labels."""
     exposed: dict[str, set[str]] = {}
-    for build in (Metrics, DispatchMetrics):
+    for build in (Metrics, CardMetrics, DispatchMetrics):
         registry = CollectorRegistry()
         build(registry)
         for family in registry.collect():

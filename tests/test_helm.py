@@ -127,6 +127,7 @@ def test_every_scenario_is_there() -> None:
         "autoscaling-values.yaml",
         "everything-values.yaml",
         "external-secrets-values.yaml",
+        "split-stages-values.yaml",
     ]
 
 
@@ -207,24 +208,37 @@ def _on(path: object, mounts: list[str]) -> bool:
     return any(str(path).startswith(mount.rstrip("/") + "/") for mount in mounts)
 
 
+def _scorers(scenario: str | None) -> dict[str, dict[str, Any]]:
+    """The Deployments of `posmon run`: run, and cards when the card stage runs apart."""
+    return {
+        name: deployment
+        for name, deployment in _deployments(scenario)
+        if _container(deployment)["args"] == ["run"]
+    }
+
+
 def test_posmon_run_accepts_its_configuration(scenario: str | None, tmp_path: Path) -> None:
-    deployment = _one(scenario, "Deployment", "pm-posmon-run")
-    container = _container(deployment)
-    environ = _environment(container)
+    values = _values(scenario)
+    scorers = _scorers(scenario)
+    assert set(scorers) == ({"run", "cards"} if values.get("cards", {}).get("enabled") else {"run"})
     path = _config(scenario, "run.yaml", tmp_path)
-    assert environ["POSMON_CONFIG"] == f"/etc/posmon/{path.name}"
-    settings = load_settings(
-        path, environ={k: v for k, v in environ.items() if k != "POSMON_CONFIG"}
-    )
-    assert settings.dispatch is None  # the pager runs apart, never twice
-    assert container["args"] == ["run"]
-    assert settings.metrics.port == container["ports"][0]["containerPort"]
-    writable = _writable(deployment)
-    for written in (settings.run.snapshot_dir, settings.model.feature_log):
-        assert written is None or _on(written, writable), written
-    if settings.model.path is not None:
-        mounts = [m["mountPath"] for m in container["volumeMounts"]]
-        assert str(settings.model.path) in mounts
+    for name, deployment in scorers.items():
+        container = _container(deployment)
+        environ = _environment(container)
+        assert environ["POSMON_CONFIG"] == f"/etc/posmon/{path.name}"
+        settings = load_settings(
+            path, environ={k: v for k, v in environ.items() if k != "POSMON_CONFIG"}
+        )
+        assert settings.dispatch is None  # the pager runs apart, never twice
+        stage = "card" if name == "cards" else values.get("run", {}).get("stage", "both")
+        assert settings.run.stage == stage, name
+        assert settings.metrics.port == container["ports"][0]["containerPort"]
+        writable = _writable(deployment)
+        for written in (settings.run.snapshot_dir, settings.model.feature_log):
+            assert written is None or _on(written, writable), written
+        if settings.model.path is not None:
+            mounts = [m["mountPath"] for m in container["volumeMounts"]]
+            assert str(settings.model.path) in mounts
 
 
 def test_posmon_dispatch_accepts_its_configuration(scenario: str | None, tmp_path: Path) -> None:
@@ -371,20 +385,136 @@ def test_static_membership_names_each_member_after_its_pod() -> None:
     assert instance["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
+def _triggers(scaled: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (t["metadata"]["topic"], t["metadata"]["consumerGroup"]) for t in scaled["spec"]["triggers"]
+    ]
+
+
 def test_autoscaling_is_capped_at_the_partitions_and_slow_to_scale_up() -> None:
     values = _values("autoscaling-values.yaml")
     (scaled,) = _objects("autoscaling-values.yaml", "ScaledObject")
     spec = scaled["spec"]
-    assert spec["maxReplicaCount"] <= values["autoscaling"]["partitions"]
+    scaling = values["autoscaling"]
+    assert spec["maxReplicaCount"] <= max(scaling["partitions"], scaling["cardPartitions"])
     assert spec["scaleTargetRef"]["name"] == "pm-posmon-run"
     up = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleUp"]
     assert up["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 300}]
     assert up["stabilizationWindowSeconds"] >= 300
-    (trigger,) = spec["triggers"]
-    assert trigger["metadata"]["consumerGroup"] == "posmon"
-    assert trigger["metadata"]["topic"] == "pos.events"
     run = _one("autoscaling-values.yaml", "Deployment", "pm-posmon-run")
     assert "replicas" not in run["spec"]  # KEDA owns it
+
+
+def test_with_both_stages_the_scorers_scale_on_both_groups() -> None:
+    """Every pod of run.stage both is a member of the events group and of the card group: one
+    trigger each, the card group's topic and name derived as posmon derives them."""
+    (scaled,) = _objects("autoscaling-values.yaml", "ScaledObject")
+    assert _triggers(scaled) == [("pos.events", "posmon"), ("posmon.cards", "posmon-cards")]
+    for trigger in scaled["spec"]["triggers"]:
+        assert trigger["metadata"]["allowIdleConsumers"] == "false"
+        assert trigger["authenticationRef"] == {"name": "kafka-scaler-auth"}
+    scaling = {"enabled": True, "partitions": 6, "cardPartitions": 3}
+    for kafka, cards in [
+        ({"group": "risk", "cards_topic": "c", "cards_group": "cg"}, ("c", "cg")),
+        ({"group": "risk"}, ("risk.cards", "risk-cards")),
+    ]:
+        values = {"config": {"kafka": kafka}, "autoscaling": scaling}
+        (scaled,) = [m for m in manifests(values) if m["kind"] == "ScaledObject"]
+        assert _triggers(scaled) == [("pos.events", "risk"), cards]
+
+
+def test_the_split_stages_scale_apart_each_on_its_group() -> None:
+    values = _values("split-stages-values.yaml")
+    kafka = values["config"]["kafka"]
+    scaled = {
+        m["metadata"]["name"]: m for m in _objects("split-stages-values.yaml", "ScaledObject")
+    }
+    assert set(scaled) == {"pm-posmon-run", "pm-posmon-cards"}
+    run, cards = scaled["pm-posmon-run"]["spec"], scaled["pm-posmon-cards"]["spec"]
+    assert _triggers(scaled["pm-posmon-run"]) == [(kafka["topic"], kafka["group"])]
+    assert _triggers(scaled["pm-posmon-cards"]) == [(kafka["cards_topic"], kafka["cards_group"])]
+    assert cards["scaleTargetRef"]["name"] == "pm-posmon-cards"
+    assert run["maxReplicaCount"] == values["autoscaling"]["maxReplicas"]
+    assert cards["maxReplicaCount"] == values["autoscaling"]["cardPartitions"]
+    assert cards["advanced"] == run["advanced"]  # as slow to scale up
+    deployment = _one("split-stages-values.yaml", "Deployment", "pm-posmon-cards")
+    assert "replicas" not in deployment["spec"]  # KEDA owns it
+
+
+def _stage(deployment: dict[str, Any]) -> str:
+    return _environment(_container(deployment))["POSMON_RUN__STAGE"]
+
+
+def test_each_scorer_is_given_its_stage() -> None:
+    assert _stage(_one(None, "Deployment", "pm-posmon-run")) == "both"
+    assert _stage(_one("split-stages-values.yaml", "Deployment", "pm-posmon-run")) == "merchant"
+    cards = _one("split-stages-values.yaml", "Deployment", "pm-posmon-cards")
+    assert _stage(cards) == "card"
+    assert cards["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "cards"
+    everything = _values("everything-values.yaml")
+    for stage in ("merchant", "all"):
+        values = {**everything, "run": {**everything["run"], "stage": stage}}
+        (run,) = [
+            m
+            for m in manifests(values)
+            if m["metadata"]["name"] == "pm-posmon-run" and m["kind"] == "Deployment"
+        ]
+        assert _stage(run) == stage
+    assert not [m for m in _scenario(None) if m["metadata"]["name"] == "pm-posmon-cards"]
+
+
+def test_the_card_deployment_runs_as_the_scorer_runs() -> None:
+    """The card stage apart: run's pod and container security, probes, volumes, scheduling and
+    extras; its own name, replicas, resources and disruption budget."""
+    values = _values("split-stages-values.yaml")
+    everything = _values("everything-values.yaml")
+    values = {**everything, **values, "run": {**everything["run"], **values["run"]}}
+    values["autoscaling"] = {"enabled": False}
+    values["cards"] = {**values["cards"], "replicas": 2}
+    objects = manifests(values)
+    deployments = {m["metadata"]["name"]: m for m in objects if m["kind"] == "Deployment"}
+    run, cards = deployments["pm-posmon-run"], deployments["pm-posmon-cards"]
+    run_pod, cards_pod = run["spec"]["template"]["spec"], cards["spec"]["template"]["spec"]
+    assert cards_pod["securityContext"] == run_pod["securityContext"]
+    assert cards_pod["automountServiceAccountToken"] is False
+    run_container, cards_container = _container(run), _container(cards)
+    assert cards_container["securityContext"] == run_container["securityContext"]
+    for key in ("startupProbe", "livenessProbe", "readinessProbe", "volumeMounts", "image", "args"):
+        assert cards_container[key] == run_container[key], key
+    for key in ("volumes", "nodeSelector", "tolerations", "affinity", "priorityClassName"):
+        assert cards_pod[key] == run_pod[key], key
+    assert cards_container["resources"] == values["cards"]["resources"]
+    assert run_container["resources"] != cards_container["resources"]
+    assert cards["spec"]["replicas"] == 2
+    budgets = {
+        m["metadata"]["name"]: m["spec"] for m in objects if m["kind"] == "PodDisruptionBudget"
+    }
+    assert budgets["pm-posmon-cards"]["maxUnavailable"] == 2
+    selector = budgets["pm-posmon-cards"]["selector"]["matchLabels"]
+    assert selector.items() <= cards["spec"]["template"]["metadata"]["labels"].items()
+    assert not selector.items() <= run["spec"]["template"]["metadata"]["labels"].items()
+    env = [e for e in cards_container["env"] if e["name"] != "POSMON_RUN__STAGE"]
+    assert env == [e for e in run_container["env"] if e["name"] != "POSMON_RUN__STAGE"]
+
+
+def _notes(values: dict[str, Any]) -> str:
+    return render(values)["posmon/templates/NOTES.txt"]
+
+
+def test_the_notes_warn_of_several_scorers_only_with_stage_all() -> None:
+    warning = "WARNING: more than one scorer with run.stage all"
+    assert warning in _notes({"run": {"stage": "all", "replicas": 2}})
+    scaling = {"enabled": True, "partitions": 6, "cardPartitions": 6}
+    assert warning in _notes({"run": {"stage": "all"}, "autoscaling": scaling})
+    assert warning not in _notes({"run": {"stage": "all"}})
+    assert warning not in _notes({"run": {"replicas": 3}, "autoscaling": scaling})
+    for scenario in SCENARIOS:
+        assert warning not in _notes(_values(scenario)), scenario
+    alone = _notes({"run": {"stage": "merchant"}})
+    assert "No card stage runs here" in alone and "posmon.cards in group posmon-cards" in alone
+    split = _notes(_values("split-stages-values.yaml"))
+    assert "No card stage runs here" not in split
+    assert "the card stage (pm-posmon-cards) reads what it needs from posmon.cards.v1" in split
 
 
 def test_the_notes_render_for_every_scenario(scenario: str | None) -> None:
@@ -415,8 +545,54 @@ REFUSED = [
     ),
     ({"autoscaling": {"enabled": True}}, "/autoscaling/partitions"),
     (
-        {"autoscaling": {"enabled": True, "partitions": 2, "maxReplicas": 3}},
+        {"autoscaling": {"enabled": True, "partitions": 2, "cardPartitions": 2, "maxReplicas": 3}},
         "autoscaling.maxReplicas (3) exceeds autoscaling.partitions (2)",
+    ),
+    (
+        {"autoscaling": {"enabled": True, "partitions": 6, "cardPartitions": 4, "maxReplicas": 7}},
+        "exceeds autoscaling.partitions (6) and autoscaling.cardPartitions (4): with run.stage"
+        " both each pod is a member of both groups, and members beyond a group's partitions idle",
+    ),
+    (
+        {
+            "run": {"stage": "merchant"},
+            "autoscaling": {
+                "enabled": True,
+                "partitions": 6,
+                "cardPartitions": 8,
+                "maxReplicas": 8,
+            },
+        },
+        "autoscaling.maxReplicas (8) exceeds autoscaling.partitions (6): members beyond a group's"
+        " partitions idle in that group",
+    ),
+    ({"autoscaling": {"enabled": True, "partitions": 6}}, "/autoscaling/cardPartitions"),
+    (
+        {
+            "run": {"stage": "merchant"},
+            "cards": {"enabled": True},
+            "autoscaling": {"enabled": True, "partitions": 6},
+        },
+        "/autoscaling/cardPartitions",
+    ),
+    ({"run": {"stage": "card"}}, "the card stage runs in its own Deployment"),
+    ({"run": {"stage": "sometimes"}}, "/run/stage"),
+    ({"cards": {"enabled": True}}, "/cards/enabled': value must be 'only with run.stage merchant"),
+    (
+        {"run": {"stage": "all"}, "cards": {"enabled": True}},
+        "/cards/enabled': value must be 'only with run.stage merchant",
+    ),
+    ({"cards": {"replicas": -1}}, "/cards/replicas"),
+    (
+        {"config": {"kafka": {"bootstrap_servers": "k:9092"}, "run": {"stage": "all"}}},
+        "/config/run/stage': value must be 'not here: set run.stage",
+    ),
+    (
+        {
+            "run": {"stage": "merchant", "state": {"persistence": {"enabled": True}}},
+            "cards": {"enabled": True},
+        },
+        "the card stage's pods of cards.enabled) would share one state claim",
     ),
     (
         {"run": {"replicas": 2, "state": {"persistence": {"enabled": True}}}},
@@ -425,9 +601,14 @@ REFUSED = [
     (
         {
             "run": {"state": {"persistence": {"enabled": True}}},
-            "autoscaling": {"enabled": True, "partitions": 6, "maxReplicas": 3},
+            "autoscaling": {
+                "enabled": True,
+                "partitions": 6,
+                "cardPartitions": 6,
+                "maxReplicas": 3,
+            },
         },
-        "autoscaling.maxReplicas) would share one state claim",
+        "autoscaling.maxReplicas, and the card stage's pods of cards.enabled) would share",
     ),
     ({"serviceMonitor": {"interval": "often"}}, "/serviceMonitor/interval"),
 ]
@@ -520,53 +701,78 @@ def _ready(port: int) -> bool:
         return False
 
 
-def test_the_rendered_pods_start_and_get_ready_on_a_real_broker(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
-    """The chart's two containers, as `posmon` processes with the chart's arguments, variables
-    and configuration files, against the embedded broker: both get ready, both stop cleanly."""
+def _kafka(broker: EmbeddedBroker) -> dict[str, Any]:
+    """posmon's `kafka:` section for a fresh topic of the embedded broker (and its own internal
+    topic, so that no other test's forwarded events are read)."""
     topic = fresh_topic(broker, partitions=3)
-    kafka = {
+    return {
         "bootstrap_servers": broker.bootstrap_servers,
         "topic": topic,
         "group": f"{topic}-group",
         "alerts_topic": f"{topic}.alerts",
         "labels_topic": "",
+        "cards_topic": f"{topic}.cards",
         "session_timeout_ms": TEST_TIMINGS["session_timeout_ms"],
         "heartbeat_interval_ms": TEST_TIMINGS["heartbeat_interval_ms"],
     }
-    objects = manifests({"config": {"kafka": kafka, "run": {"snapshot_dir": "/var/lib/posmon/s"}}})
+
+
+def _run_pods(values: dict[str, Any], names: list[str], tmp_path: Path) -> None:
+    """The chart's containers `names`, as `posmon` processes with the chart's arguments,
+    variables and configuration files, against the embedded broker: all get ready, all stop
+    cleanly on SIGTERM."""
+    objects = manifests(values)
     (config_map,) = [
         o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "pm-posmon"
     ]
     deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
-    ports = {"run.yaml": free_port(), "dispatch.yaml": free_port()}
+    ports = {name: free_port() for name in names}
     processes = [
         _launch(
-            deployments["pm-posmon-run"],
-            config_map["data"]["run.yaml"],
+            deployments[f"pm-posmon-{name}"],
+            config_map["data"]["dispatch.yaml" if name == "dispatch" else "run.yaml"],
             tmp_path,
-            ports["run.yaml"],
-        ),
-        _launch(
-            deployments["pm-posmon-dispatch"],
-            config_map["data"]["dispatch.yaml"],
-            tmp_path,
-            ports["dispatch.yaml"],
-        ),
+            ports[name],
+        )
+        for name in names
     ]
     try:
         deadline = time.monotonic() + 90
         while not all(_ready(p) for p in ports.values()):
             assert time.monotonic() < deadline, [
-                (tmp_path / f"{n}.log").read_text()[-2000:] for n in ("run", "dispatch")
+                (tmp_path / f"{n}.log").read_text()[-2000:] for n in names
             ]
-            assert all(p.poll() is None for p in processes)
+            assert all(p.poll() is None for p in processes), [
+                (tmp_path / f"{n}.log").read_text()[-2000:] for n in names
+            ]
             time.sleep(0.5)
         for process in processes:
             process.send_signal(signal.SIGTERM)
-        assert [p.wait(timeout=30) for p in processes] == [0, 0]
+        assert [p.wait(timeout=30) for p in processes] == [0] * len(names)
     finally:
         for process in processes:
             if process.poll() is None:
                 process.kill()
+
+
+def test_the_rendered_pods_start_and_get_ready_on_a_real_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """The chart's two containers, the scorer with both stages and the pager: both get ready,
+    both stop cleanly."""
+    run = {"snapshot_dir": "/var/lib/posmon/s"}
+    _run_pods({"config": {"kafka": _kafka(broker), "run": run}}, ["run", "dispatch"], tmp_path)
+
+
+def test_the_split_stages_start_and_get_ready_on_a_real_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """run.stage merchant with cards.enabled: the merchant stage and the card stage, each from
+    its own Deployment, get ready and stop cleanly."""
+    values = {
+        "config": {"kafka": _kafka(broker), "run": {"snapshot_dir": "/var/lib/posmon/s"}},
+        "run": {"stage": "merchant"},
+        "cards": {"enabled": True},
+        "dispatch": {"enabled": False},
+    }
+    _run_pods(values, ["run", "cards"], tmp_path)

@@ -318,7 +318,14 @@ class Monitor:
         return scrape(self.port)
 
     def value(self, name: str, **labels: str) -> float | None:
-        return self.samples().get((name, frozenset(labels.items())))
+        """The sum of the samples of `name` with these labels, whatever their `stage` (the
+        model runs in the card stage of `posmon run`: its series carry `stage="card"`)."""
+        found = [
+            v
+            for (n, have), v in self.samples().items()
+            if n == name and {k: x for k, x in have if k != "stage"} == labels
+        ]
+        return sum(found) if found else None
 
     def reloads(self, outcome: str) -> float | None:
         return self.value("posmon_model_reload_total", outcome=outcome)

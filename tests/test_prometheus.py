@@ -103,7 +103,8 @@ def scraped(
         ],
     }
     (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    environ = monitor_environ(settings, metrics_port)
+    # Both stages (the default), with an internal topic of this test's own.
+    environ = monitor_environ(settings, metrics_port, POSMON_KAFKA__CARDS_TOPIC=f"{topic}.cards")
     monitor = subprocess.Popen(
         [sys.executable, "-m", "monitor", "run"], cwd=REPO, env=environ,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -148,7 +149,8 @@ def scraped(
 def test_core_series_say_what_the_monitor_processed(scraped: tuple[Prometheus, int, Any]) -> None:
     prom, _, (sink, accepted, _) = scraped
     final = sink.final_alerts()
-    assert prom.value('sum(posmon_events_consumed_total{job="posmon"})') == accepted
+    # Input: the card stage counts the events forwarded to it again, as stage="card".
+    assert prom.value('sum(posmon_events_consumed_total{job="posmon", stage!="card"})') == accepted
     by_detector = Counter(a.detector for a in final.values())
     for detector, count in by_detector.items():
         got = prom.value(f'sum(posmon_alerts_raised_total{{detector="{detector}"}})')
@@ -162,13 +164,40 @@ def test_core_series_say_what_the_monitor_processed(scraped: tuple[Prometheus, i
     for currency, minor in money.items():
         got = prom.value(f'sum(posmon_money_at_risk_minor_total{{currency="{currency}"}})')
         assert got == minor, currency
-    assert len(prom.query("posmon_consumer_lag_messages")) == 6  # one series per partition
-    assert len(prom.query("posmon_partition_delay_seconds")) == 6
+    # one series per partition of the events topic
+    assert len(prom.query('posmon_consumer_lag_messages{stage!="card"}')) == 6
+    assert len(prom.query('posmon_partition_delay_seconds{stage!="card"}')) == 6
     assert prom.value("sum(posmon_consumer_lag_messages)") == 0
     assert prom.value("sum(rate(posmon_events_consumed_total[1m]))") > 0  # the throughput panel
     rejected = Counter(r.reason for r in sink.dead_letters)
     for reason, count in rejected.items():
         assert prom.value(f'sum(posmon_events_rejected_total{{reason="{reason}"}})') == count
+
+
+def test_the_scale_out_series_say_what_was_handed_on(
+    scraped: tuple[Prometheus, int, Any],
+) -> None:
+    """`posmon run` with both stages: the card stage read every event and marker the merchant
+    stage handed on, knows every partition of the events topic, and is not behind."""
+    prom, _, _ = scraped
+    forwarded = prom.value("sum(posmon_forwarded_events_total)")
+    assert forwarded > 0
+    read = prom.value('sum(posmon_events_consumed_total{stage="card"})')
+    assert read + prom.value('sum(posmon_events_duplicate_total{stage="card"})') == forwarded
+    published = prom.value("sum(posmon_markers_published_total)")
+    assert published > 0
+    assert prom.value("sum(posmon_card_markers_total)") == published
+    assert prom.value("sum(posmon_card_records_invalid_total)") == 0
+    assert prom.query('posmon_consumer_lag_messages{stage="card"}')
+    assert prom.value('sum(posmon_consumer_lag_messages{stage="card"})') == 0
+    delays = prom.query("posmon_card_source_delay_seconds")
+    assert sorted(int(r["metric"]["partition"]) for r in delays) == list(range(6))
+    # PosmonCardStageBehind's join: every partition of the events topic, well below 300 s.
+    rules = yaml.safe_load((RULES / "alerting.rules.yml").read_text())["groups"][0]["rules"]
+    (behind,) = [r["expr"] for r in rules if r.get("alert") == "PosmonCardStageBehind"]
+    distance = prom.query(behind.strip().rsplit(">", 1)[0])
+    assert len(distance) == 6
+    assert all(float(r["value"][1]) < 300 for r in distance)
 
 
 def _dashboard_queries(window: str = "1m") -> list[tuple[str, str]]:
@@ -232,6 +261,10 @@ def test_every_dashboard_query_evaluates(scraped: tuple[Prometheus, int, Any]) -
         "Model in use (live and shadow)",
         "Auth requests scored by the model",
         "Model scoring latency per batch",
+        "Forwarded events and markers",
+        "Card stage delay by source partition",
+        "Consumer lag of both groups",
+        "Invalid internal records (range)",
     ):
         (answer,) = [a for t, a in answers.items() if t.endswith(f": {core}")]
         assert answer, f"the core panel {core!r} shows no data"

@@ -115,7 +115,12 @@ class ListSink:
         self.dead_letters: list[Rejection] = []
         self.closed = False
 
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
+    def publish(
+        self,
+        alerts: Sequence[Alert],
+        dead_letters: Sequence[Rejection],
+        handoffs: Sequence[tuple[int, bytes | None, bytes]] = (),
+    ) -> None:
         self.alerts.extend(alerts)
         self.dead_letters.extend(dead_letters)
 
@@ -155,13 +160,15 @@ def test_the_probes_answer_from_the_source_and_the_loop() -> None:
     assert service.ready() == (True, "ready: 1 partitions, 0 messages behind")
     source.rebuilding = True
     assert service.ready() == (False, "not ready: rebuilding state from the topic")
-    service.endpoints.start()
+    endpoints = service.endpoints
+    assert endpoints is not None
+    endpoints.start()
     try:
-        base = f"http://127.0.0.1:{service.endpoints.port}"
+        base = f"http://127.0.0.1:{service.port}"
         assert httpx.get(f"{base}/readyz", trust_env=False).status_code == 503
         assert httpx.get(f"{base}/healthz", trust_env=False).status_code == 200
     finally:
-        service.endpoints.stop()
+        endpoints.stop()
 
 
 def _snapshot_settings(directory: Path, every: float = 0.0) -> Settings:

@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,16 +127,6 @@ def _stop(stream: Stream, process: subprocess.Popen[str], signum: int = signal.S
     process.send_signal(signum)
     output, _ = process.communicate(timeout=30)
     return output
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_stream_equals_replay(

@@ -28,15 +28,18 @@ from monitor.cli.demo import DemoOptions, run_demo
 from monitor.cli.health import DispatchProbes, DispatchThread
 from monitor.cli.logs import log_to_stderr
 from monitor.cli.oncall import build_channels, retry_policy, run_dispatcher
+from monitor.cli.scaleout import Clients, StageError, build_services, open_clients
 from monitor.cli.service import Service
 from monitor.cli.settings import ModelSettings, Settings, config_path, load_settings
 from monitor.cli.summary import print_summary
+from monitor.cli.workers import SHARDS, Plan, WorkerError, replay_sharded
 from monitor.core.alerts import alert_json_schema
 from monitor.core.events import event_json_schema
-from monitor.core.labels import LabelError, label_of
+from monitor.core.labels import Label, LabelError, label_of
 from monitor.core.text import printable
 from monitor.observability.endpoints import Endpoints
 from monitor.paging.metrics import DispatchMetrics
+from monitor.scoring.model import ModelSlot
 from monitor.scoring.pipeline import MemorySource, Stats
 from monitor.scoring.pipeline import run as run_scoring
 from monitor.scoring.scorer import Scorer
@@ -52,10 +55,8 @@ from monitor.streaming.files import (
     refuse_collisions,
 )
 from monitor.streaming.labelsfile import LabelsError, read_verdicts
-from monitor.streaming.labelstopic import KafkaLabels, send_label
+from monitor.streaming.labelstopic import send_label
 from monitor.streaming.produce import produce_lines
-from monitor.streaming.sink import KafkaSink
-from monitor.streaming.source import KafkaSource
 
 
 class UsageError(Exception):
@@ -72,12 +73,15 @@ def model_flags(args: argparse.Namespace) -> dict[str, object]:
 
 def replay(args: argparse.Namespace) -> int:
     """Score a file as `posmon run` scores the stream, with the same settings: `--config` or
-    `POSMON_CONFIG`, then `POSMON_...` variables (the policy, `run.dead_letter_raw_bytes`)."""
+    `POSMON_CONFIG`, then `POSMON_...` variables (the policy, `run.dead_letter_raw_bytes`).
+    With `--workers N`, the partitioned design in N processes (`_replay_sharded`)."""
     settings = load_settings(args.config, flags=model_flags(args))
     if args.input != "-" and not Path(args.input).is_file():
         raise UsageError(f"no such input file: {args.input}")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if args.workers is not None and not 1 <= args.workers <= SHARDS:
+        raise UsageError(f"--workers must be from 1 to {SHARDS} (the merchant shards)")
     dlq = args.dlq or args.alerts.with_name(f"{_stem(args.alerts)}.dlq.jsonl")
     _refuse_collisions(
         {
@@ -87,21 +91,27 @@ def replay(args: argparse.Namespace) -> int:
         },
         {"--alerts": args.alerts, "--dlq": dlq},
     )
+    # The model and the labels before the outputs: a bad one leaves no temporary file behind.
+    try:
+        slot = model_slot(settings.model, keep_rows=args.feature_log is not None)
+    except ModelLoadError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        verdicts = None if args.labels is None else read_verdicts(args.labels)
+    except LabelsError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         sink = JsonlSink(args.alerts, dlq, input_file=args.input)
     except OSError as exc:
         raise UsageError(f"cannot write output: {exc.filename}: {exc.strerror}") from exc
     feature_log = None if args.feature_log is None else FeatureLog(args.feature_log)
-    try:
-        slot = model_slot(settings.model, keep_rows=feature_log is not None)
-    except ModelLoadError as exc:
-        raise UsageError(str(exc)) from exc
+    if args.workers is not None:
+        return _replay_sharded(
+            args, settings, sink, slot=slot, verdicts=verdicts, feature_log=feature_log, dlq=dlq
+        )
     scorer, stats = Scorer(settings.policy, slot), Stats()
-    if args.labels is not None:
-        try:
-            scorer.learn(read_verdicts(args.labels))
-        except LabelsError as exc:
-            raise UsageError(str(exc)) from exc
+    if verdicts is not None:
+        scorer.learn(verdicts)
     _tune_gc()
     started = time.perf_counter()
     source = MemorySource(read_messages(args.input), args.batch_size)
@@ -129,6 +139,77 @@ def replay(args: argparse.Namespace) -> int:
     except BaseException:
         sink.abort()
         raise
+    _finish(args, sink, scorer=scorer, stats=stats, dlq=dlq, started=started)
+    return 0
+
+
+def _replay_sharded(
+    args: argparse.Namespace,
+    settings: Settings,
+    sink: JsonlSink,
+    *,
+    slot: ModelSlot | None,
+    verdicts: list[Label] | None,
+    feature_log: FeatureLog | None,
+    dlq: Path,
+) -> int:
+    """`posmon replay --workers N` (`cli.workers`): the merchant stage in 16 shards over N
+    processes, the card stage here with the model, the labels and the feature log. What it
+    writes does not depend on N; its final states are plain replay's (docs/workers.md)."""
+    card, stats = Scorer(settings.policy, slot, stage="card"), Stats()
+    if verdicts is not None:
+        card.learn(verdicts)
+    plan = Plan(settings.policy, card.wanted(), args.workers, settings.run.dead_letter_raw_bytes)
+
+    def log_features() -> None:
+        if feature_log is not None and slot is not None:
+            for rows in slot.take_rows():
+                feature_log.write(rows)
+
+    _tune_gc()  # before the workers fork: they share the frozen start-up heap
+    started = time.perf_counter()
+    try:
+        counts = replay_sharded(
+            args.input,
+            plan=plan,
+            card=card,
+            sink=sink,
+            stats=stats,
+            on_chunk=log_features,
+        )
+        if feature_log is not None:
+            feature_log.close()
+    except OSError as exc:
+        sink.abort()
+        raise UsageError(f"cannot read {args.input}: {exc.strerror}") from exc
+    except WorkerError as exc:
+        sink.abort()
+        raise UsageError(f"{exc}; nothing was written") from exc
+    except BaseException:
+        sink.abort()
+        raise
+    # The summary reads its counts off a scorer: the merchant stage's, summed over the shards.
+    totals = Scorer(settings.policy, stage="merchant")
+    totals.consumed, totals.duplicates, totals.late = (
+        counts.consumed,
+        counts.duplicates,
+        counts.late,
+    )
+    _finish(args, sink, scorer=totals, stats=stats, dlq=dlq, started=started)
+    return 0
+
+
+def _finish(
+    args: argparse.Namespace,
+    sink: JsonlSink,
+    *,
+    scorer: Scorer,
+    stats: Stats,
+    dlq: Path,
+    started: float,
+) -> None:
+    """Put the outputs in place and print the summary (unless `--quiet`), with the time since
+    `started`."""
     try:
         sink.close()
     except OSError as exc:
@@ -146,7 +227,6 @@ def replay(args: argparse.Namespace) -> int:
             head=(("lines read", f"{stats.messages:,}"),),
             tail=(("time", f"{elapsed:.2f} s ({rate:,.0f} lines/s)"),),
         )
-    return 0
 
 
 def _config_input(flag: Path | None) -> dict[str, Path]:
@@ -239,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
             "kafka.topic": args.topic,
             "kafka.group": args.group,
             "metrics.port": args.metrics_port,
+            "run.stage": args.stage,
             **model_flags(args),
         },
     )
@@ -249,37 +330,14 @@ def run(args: argparse.Namespace) -> int:
     if clients is None:
         log.info("stopped before the Kafka broker answered")
         return 0
-    source, sink, labels = clients
     try:
-        service = Service(settings, source, sink, labels=labels, stop=stop)
+        service, card = build_services(settings, clients, stop)
     except ModelLoadError as exc:
-        for client in clients:
-            if client is not None:
-                client.close()
+        clients.close()
         raise UsageError(str(exc)) from exc
-    signal.signal(signal.SIGHUP, lambda *_: service.reload_model())
-    log.info(
-        "consuming %s on %s as group %s; /metrics, /healthz, /readyz on port %d",
-        settings.kafka.topic,
-        settings.kafka.bootstrap_servers,
-        settings.kafka.group,
-        service.endpoints.port,
-    )
-    if labels is None:
-        log.info("no labels topic (kafka.labels_topic is empty): no verdicts are read")
-    else:
-        log.info("labels from %s, every partition, without a group", labels.topic)
-    model = service.model
-    if model is None or model.live is None:
-        log.info("no anomaly model: model_outlier is off")
-    else:
-        log.info(
-            "anomaly model %s from %s (threshold %.4f)%s",
-            model.live.version,
-            settings.model.path or "the shipped model",
-            model.live.threshold,
-            "" if model.shadow is None else f"; shadow {model.shadow.version}",
-        )
+    learner = card or service  # the stage holding the model
+    signal.signal(signal.SIGHUP, lambda *_: learner.reload_model())
+    _log_start(settings, service, learner, log)
     _tune_gc()
     dispatching = None
     if settings.dispatch is not None and channels is not None:
@@ -292,30 +350,66 @@ def run(args: argparse.Namespace) -> int:
             ),
             stop,
         ).start()
+    # The card stage beside the merchant stage (run.stage: both): if it dies, posmon stops.
+    carding = DispatchThread(card.run, stop, "card stage").start() if card is not None else None
     try:
         service.run()
     except PublishInterrupted as exc:  # SIGTERM during a broker outage: nothing is lost
         log.warning("%s; the batch in hand was not committed and is read again on start", exc)
-    if dispatching is not None:
+    finally:
         stop.set()
-        dispatching.join()
+        for thread in (carding, dispatching):
+            if thread is not None:
+                thread.join()
     log.info(
         "stopped: %d messages, %d alerts raised",
         service.stats.messages,
-        sum(service.stats.raised.values()),
+        sum(service.stats.raised.values()) + (sum(card.stats.raised.values()) if card else 0),
     )
-    return 1 if dispatching is not None and dispatching.failure is not None else 0
+    failed = any(t is not None and t.failure is not None for t in (carding, dispatching))
+    return 1 if failed else 0
 
 
-def _connect(
-    settings: Settings, stop: threading.Event, log: logging.Logger
-) -> tuple[KafkaSource, KafkaSink, KafkaLabels | None] | None:
-    """The Kafka clients of `posmon run` once the broker answers (`streaming.connect`), or None
-    when stopped first: the source, the sink and the labels topic's reader (None when
-    `kafka.labels_topic` is empty). Meanwhile /healthz says 200 (the process is fine, only
-    waiting) and /readyz 503, on the metrics port; the service's own endpoints take the port
-    over after. A process about to exit leaves them be: stopping them waits up to half a
-    second."""
+def _log_start(settings: Settings, service: Service, learner: Service, log: logging.Logger) -> None:
+    kafka, stage = settings.kafka, settings.run.stage
+    if stage == "card":
+        what = f"{kafka.cards_topic_name} as group {kafka.cards_group_id} (the card stage)"
+    else:
+        what = f"{kafka.topic} as group {kafka.group}"
+        if stage != "all":
+            what += f" (the merchant stage, handing on to {kafka.cards_topic_name}"
+            what += f", read by group {kafka.cards_group_id} here)" if stage == "both" else ")"
+    log.info(
+        "consuming %s on %s; /metrics, /healthz, /readyz on port %d",
+        what,
+        kafka.bootstrap_servers,
+        service.port,
+    )
+    if stage == "merchant":
+        return
+    if learner.labels is None:
+        log.info("no labels topic (kafka.labels_topic is empty): no verdicts are read")
+    else:
+        log.info("labels from %s, every partition, without a group", learner.labels.topic)
+    model = learner.model
+    if model is None or model.live is None:
+        log.info("no anomaly model: model_outlier is off")
+    else:
+        log.info(
+            "anomaly model %s from %s (threshold %.4f)%s",
+            model.live.version,
+            settings.model.path or "the shipped model",
+            model.live.threshold,
+            "" if model.shadow is None else f"; shadow {model.shadow.version}",
+        )
+
+
+def _connect(settings: Settings, stop: threading.Event, log: logging.Logger) -> Clients | None:
+    """The Kafka clients of `posmon run`'s stages once the broker answers (`streaming.connect`),
+    or None when stopped first (`scaleout.open_clients`). Meanwhile /healthz says 200 (the
+    process is fine, only waiting) and /readyz 503, on the metrics port; the service's own
+    endpoints take the port over after. A process about to exit leaves them be: stopping them
+    waits up to half a second."""
     kafka = settings.kafka
     waiting = f"waiting for the Kafka broker at {kafka.bootstrap_servers}"
     log.info("%s (kafka.startup_timeout: %g s)", waiting, kafka.startup_timeout)
@@ -326,13 +420,10 @@ def _connect(
         health=lambda: (True, f"starting: {waiting}"),
         ready=lambda: (False, f"not ready: {waiting}"),
     ).start()
-    labels = kafka.labels_topic
-
-    def build() -> tuple[KafkaSource, KafkaSink, KafkaLabels | None]:
-        reader = KafkaLabels(kafka, labels) if labels is not None else None
-        return KafkaSource(kafka), KafkaSink(kafka, stop=stop), reader
-
-    clients = connect(kafka, stop, build)
+    try:
+        clients = connect(kafka, stop, lambda: open_clients(settings, stop))
+    except StageError as exc:
+        raise UsageError(str(exc)) from exc
     if clients is not None:
         probes.stop()
     return clients

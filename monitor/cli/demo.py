@@ -1,7 +1,8 @@
 """`posmon demo`: the whole system on one machine with no set-up (entry layer).
 
 An embedded Kafka-compatible broker, the traffic simulator producing at a steady rate with
-injected incidents, the monitor (`Service`) publishing alerts to the broker and to a file, and
+injected incidents, the monitor as `posmon run` runs it by default (its merchant stage and its
+card stage, `cli.scaleout`) publishing alerts to the broker and to a file, and
 `/metrics` on a printed port; live progress, then a summary. Event time runs faster than the
 wall clock (a simulated day in the demo's minute), so the 15-minute and 24-hour rules fire too.
 Ctrl-C stops everything and leaves no process behind.
@@ -23,6 +24,7 @@ from rich.text import Text
 
 from monitor.channels.console import shown
 from monitor.cli.oncall import build_channels, run_dispatcher
+from monitor.cli.scaleout import build_services, open_clients
 from monitor.cli.service import Service
 from monitor.cli.settings import MetricsSettings, ModelSettings, Settings
 from monitor.cli.summary import print_summary
@@ -30,14 +32,13 @@ from monitor.core.alerts import DETECTORS, Alert
 from monitor.paging.delivery import RetryPolicy
 from monitor.paging.metrics import DispatchMetrics
 from monitor.paging.routing import DispatchConfig
+from monitor.scoring.pipeline import Stats
 from monitor.scoring.policy import Policy
 from monitor.simulation.simulator import Simulation, SimulationSpec
 from monitor.streaming.embedded import EmbeddedBroker
 from monitor.streaming.files import JsonlSink
 from monitor.streaming.produce import produce_lines
 from monitor.streaming.settings import KafkaSettings
-from monitor.streaming.sink import KafkaSink
-from monitor.streaming.source import KafkaSource
 from monitor.streaming.topics import ensure_topics
 
 TOPIC = "pos.events"
@@ -55,14 +56,20 @@ class DemoOptions:
 
 
 class _AlertWatch:
-    """A sink that keeps the newest alerts for the live view."""
+    """A sink that keeps the newest alerts for the live view, and hands what both stages publish
+    to the file, one thread at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, file: JsonlSink) -> None:
         self.latest: deque[Alert] = deque(maxlen=8)
+        self._file = file
+        self._lock = threading.Lock()
 
-    def publish(self, alerts: object, dead_letters: object) -> None:
+    def publish(self, alerts: object, dead_letters: object, handoffs: object = ()) -> None:
         assert isinstance(alerts, list | tuple)
-        self.latest.extend(a for a in alerts if isinstance(a, Alert))
+        assert isinstance(dead_letters, list | tuple)
+        with self._lock:
+            self._file.publish(alerts, dead_letters)
+            self.latest.extend(a for a in alerts if isinstance(a, Alert))
 
 
 def run_demo(options: DemoOptions, console: Console) -> int:
@@ -88,8 +95,10 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             model=options.model,
         )
         file_sink = JsonlSink(alerts_path, dlq_path, topic=TOPIC)
-        watch = _AlertWatch()
-        service = Service(settings, KafkaSource(kafka), KafkaSink(kafka), also=[file_sink, watch])
+        watch = _AlertWatch(file_sink)
+        stop = threading.Event()
+        service, card = build_services(settings, open_clients(settings, stop), stop, also=[watch])
+        stages = [service] if card is None else [service, card]
         producer = _Producer(kafka, options)
         # The dispatch loop, as in production, delivering to a file channel (the console shows
         # the live view): grouped, deduplicated, one outage one page.
@@ -110,37 +119,42 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         )
         console.print(
             f"broker {broker.bootstrap_servers}, topic {TOPIC} ({PARTITIONS} partitions);"
-            f" metrics on http://127.0.0.1:{service.endpoints.port}/metrics;"
+            f" metrics on http://127.0.0.1:{service.port}/metrics;"
             f" {options.rate:,.0f} events/s for {options.duration:g} s. Ctrl-C stops."
         )
         loop = threading.Thread(target=service.run, name="posmon-monitor")
+        carding = threading.Thread(target=card.run, name="posmon-cards") if card else None
         started = time.monotonic()
         try:
             loop.start()
+            if carding is not None:
+                carding.start()
             paging.start()
             producer.start()
             with Live(console=console, refresh_per_second=2, transient=False) as live:
                 while producer.is_alive() and loop.is_alive():
-                    live.update(_view(service, producer, watch, time.monotonic() - started))
+                    live.update(_view(stages, producer, watch, time.monotonic() - started))
                     time.sleep(0.5)
                 _drain(
-                    service,
+                    stages,
                     loop,
                     live,
-                    lambda: _view(service, producer, watch, time.monotonic() - started),
+                    lambda: _view(stages, producer, watch, time.monotonic() - started),
                 )
         except KeyboardInterrupt:
             console.print("stopping ...")
         finally:
             producer.stop()
-            service.stop()
+            service.stop()  # and the card stage: one stop event
             loop.join(timeout=30)
+            if carding is not None:
+                carding.join(timeout=30)
             producer.join(timeout=10)
             file_sink.close()
             paging_stop.wait(_GROUP_INTERVAL_S + 1)  # the last groups go out
             paging_stop.set()
             paging.join(timeout=30)
-    _summary(console, service, producer, alerts=alerts_path, dlq=dlq_path, pages=pages)
+    _summary(console, stages, producer, alerts=alerts_path, dlq=dlq_path, pages=pages)
     _report(console, alerts_path, dlq_path, options.out / "report")
     return 0
 
@@ -184,17 +198,19 @@ def _dispatch_config(pages: Path) -> DispatchConfig:
     )
 
 
-def _drain(service: Service, loop: threading.Thread, live: Live, view: object) -> None:
-    """Let the monitor catch up and the idle stream close its event time (a few seconds)."""
+def _drain(stages: list[Service], loop: threading.Thread, live: Live, view: object) -> None:
+    """Let the monitor's stages catch up and the idle stream close its event time (a few
+    seconds)."""
     deadline = time.monotonic() + 20
     quiet_since: float | None = None
+    idle_s = stages[0].settings.kafka.idle_partition_s
     while loop.is_alive() and time.monotonic() < deadline:
         assert callable(view)
         live.update(view())
-        caught_up = service.lag and not any(service.lag.values())
+        caught_up = all(s.lag and not any(s.lag.values()) for s in stages)
         if caught_up:
             quiet_since = quiet_since or time.monotonic()
-            if time.monotonic() - quiet_since > service.settings.kafka.idle_partition_s + 2:
+            if time.monotonic() - quiet_since > idle_s + 2:
                 return
         else:
             quiet_since = None
@@ -231,15 +247,24 @@ class _Producer(threading.Thread):
         self._halt.set()
 
 
-def _view(service: Service, producer: _Producer, watch: _AlertWatch, elapsed: float) -> Group:
-    scorer, stats = service.scorer, service.stats
+def _together(stages: list[Service]) -> Stats:
+    """The first stage's counts (it reads every event), with the alerts of every stage."""
+    stats = Stats(rejected=stages[0].stats.rejected, truncated=stages[0].stats.truncated)
+    for stage in stages:
+        stats.raised.update(stage.stats.raised)
+        stats.latest.update(stage.stats.latest)
+    return stats
+
+
+def _view(stages: list[Service], producer: _Producer, watch: _AlertWatch, elapsed: float) -> Group:
+    scorer, stats = stages[0].scorer, _together(stages)
     scored = sum(scorer.consumed.values())
     head = Table.grid(padding=(0, 2))
     head.add_row(
         f"[bold]{elapsed:5.0f} s[/bold]",
         f"produced {producer.sent:,}",
         f"scored {scored:,} ({scored / max(elapsed, 0.001):,.0f}/s)",
-        f"lag {sum(service.lag.values()):,}",
+        f"lag {sum(sum(s.lag.values()) for s in stages):,}",
         f"rejected {sum(stats.rejected.values()):,}",
         f"duplicates {scorer.duplicates:,}",
     )
@@ -261,14 +286,20 @@ def _view(service: Service, producer: _Producer, watch: _AlertWatch, elapsed: fl
 
 
 def _summary(
-    console: Console, service: Service, producer: _Producer, *, alerts: Path, dlq: Path, pages: Path
+    console: Console,
+    stages: list[Service],
+    producer: _Producer,
+    *,
+    alerts: Path,
+    dlq: Path,
+    pages: Path,
 ) -> None:
     notifications = pages.read_text().count("\n") if pages.exists() else 0
     print_summary(
         console,
         title="posmon demo: summary",
-        scorer=service.scorer,
-        stats=service.stats,
+        scorer=stages[0].scorer,
+        stats=_together(stages),
         alerts=alerts,
         dead_letters=dlq,
         head=(("events produced", f"{producer.sent:,}"),),

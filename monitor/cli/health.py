@@ -52,11 +52,15 @@ class DispatchThread:
     scoring loop finishes its batch and commits, and the process exits non-zero, so that it is
     restarted instead of raising alerts that nobody is paged for while it looks healthy."""
 
-    def __init__(self, loop: Callable[[], object], stop: threading.Event) -> None:
+    def __init__(
+        self, loop: Callable[[], object], stop: threading.Event, what: str = "dispatch"
+    ) -> None:
+        """`what`: the loop's name in the log (`posmon run` also runs its card stage so)."""
         self._loop = loop
         self._stop = stop
+        self._what = what
         self.failure: str | None = None
-        self._thread = threading.Thread(target=self._run, name="posmon-dispatch")
+        self._thread = threading.Thread(target=self._run, name=f"posmon-{what}")
 
     def start(self) -> DispatchThread:
         self._thread.start()
@@ -70,13 +74,15 @@ class DispatchThread:
             self._loop()
         except Exception as exc:  # any death of the loop is reported the same way
             if isinstance(exc, PublishInterrupted) and self._stop.is_set():
-                log.info("the dispatch loop stopped in a broker outage; its batch is read again")
+                log.info(
+                    "the %s loop stopped in a broker outage; its batch is read again", self._what
+                )
             else:
                 self.failure = f"{type(exc).__name__}: {exc}"
-                log.exception("the dispatch loop died: %s; stopping posmon", self.failure)
+                log.exception("the %s loop died: %s; stopping posmon", self._what, self.failure)
         else:
             if not self._stop.is_set():
                 self.failure = "it returned before posmon was asked to stop"
-                log.error("the dispatch loop ended: %s; stopping posmon", self.failure)
+                log.error("the %s loop ended: %s; stopping posmon", self._what, self.failure)
         if self.failure is not None:
             self._stop.set()

@@ -87,6 +87,13 @@ def parser() -> argparse.ArgumentParser:
     run_.add_argument(
         "--metrics-port", type=int, help="port of /metrics, /healthz, /readyz (default 9464)"
     )
+    run_.add_argument(
+        "--stage",
+        choices=("both", "merchant", "card", "all"),
+        help="which stages of the scorer to run (run.stage, default both: the merchant stage on"
+        " the topic and the card stage on kafka.cards_topic, right for any number of replicas;"
+        " all: one scorer, exact only while one process reads the whole topic)",
+    )
     _model_arguments(run_)
     run_.set_defaults(handler=commands.run)
 
@@ -170,6 +177,14 @@ def _replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         help="the risk team's verdicts (JSONL): each one is used by the label features from its"
         " known_at onwards, as `posmon run` uses the labels topic",
+    )
+    replay.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="score with N processes (1 to 16): the merchant rules in 16 shards by merchant,"
+        " card testing's card scope and the model in this process; the same output for every"
+        " N (docs/workers.md). Without it: one scorer, as before",
     )
     replay.add_argument("--batch-size", type=int, default=1000, help=argparse.SUPPRESS)
     replay.add_argument("--quiet", action="store_true", help="print no summary")

@@ -29,8 +29,10 @@ from monitor.core.alerts import Alert
 from monitor.core.batches import Batch, Source
 from monitor.core.events import Rejection
 from monitor.core.labels import Label
-from monitor.observability.endpoints import Endpoints
-from monitor.scoring.metrics import Metrics
+from monitor.observability.endpoints import Endpoints, Staged
+from monitor.scoring.detectors.base import Stage
+from monitor.scoring.handoff import Handoff, Record
+from monitor.scoring.metrics import CardMetrics, Metrics
 from monitor.scoring.pipeline import Sink, Stats, run
 from monitor.scoring.scorer import Scorer
 from monitor.scoring.snapshot import SnapshotError, dumps, loads
@@ -99,9 +101,15 @@ class TeeSink:
     def __init__(self, *sinks: Sink) -> None:
         self._sinks = sinks
 
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
-        for sink in self._sinks:
-            sink.publish(alerts, dead_letters)
+    def publish(
+        self,
+        alerts: Sequence[Alert],
+        dead_letters: Sequence[Rejection],
+        handoffs: Sequence[Record] = (),
+    ) -> None:
+        """The records for the card stage go to the durable sink only."""
+        for n, sink in enumerate(self._sinks):
+            sink.publish(alerts, dead_letters, handoffs if n == 0 else ())
 
 
 class _TakingLabels:
@@ -134,11 +142,31 @@ class Service:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
+        stage: Stage = "all",
+        handoff: Handoff | None = None,
+        card: Service | None = None,
+        serve: bool = True,
     ) -> None:
+        """`stage`: which stage of the scorer this loop runs (docs/streaming.md, "Scale-out");
+        a merchant stage is given its `handoff`, and, when the card stage runs beside it in
+        the process (`run.stage: both`), that `card` service, whose series it serves with
+        `stage="card"` and whose probes it answers for (the card service is built with `serve`
+        false: one port). A card stage's series carry `stage="card"` when it serves alone too.
+        """
         self.settings = settings
+        self.stage: Stage = stage
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.model = model_slot(settings.model, keep_rows=settings.model.feature_log is not None)
+        self.card_metrics = CardMetrics(self.registry) if stage == "card" else None
+        self.handoff = handoff
+        self.card = card
+        self._invalid_logged, self._invalid_at = 0, -60.0
+        # The model belongs to the stage that runs model_outlier: "all" or "card".
+        self.model = (
+            model_slot(settings.model, keep_rows=settings.model.feature_log is not None)
+            if stage in ("all", "card")
+            else None
+        )
         self._reloader = (
             Reloader(self.model, settings.model, clock)
             if self.model is not None and settings.model.enabled
@@ -150,7 +178,7 @@ class Service:
             else None
         )
         self._last_feature_flush = clock()
-        self.scorer = Scorer(settings.policy, self.model)
+        self.scorer = Scorer(settings.policy, self.model, stage=stage)
         self.stats = Stats()
         self.source = source
         self.labels = labels
@@ -172,17 +200,40 @@ class Service:
         self._restored: Scorer | None = None
         self._last_snapshot_at = clock()
         source.start_at = self._start_at
-        self.endpoints = Endpoints(
-            settings.metrics.host,
-            settings.metrics.port,
-            self.registry,
-            health=self.health,
-            ready=self.ready,
+        served: CollectorRegistry = self.registry
+        if stage == "card":
+            served = Staged(CollectorRegistry(), {"card": self.registry})
+        elif card is not None:
+            served = Staged(self.registry, {"card": card.registry})
+        self.endpoints = (
+            Endpoints(
+                settings.metrics.host,
+                settings.metrics.port,
+                served,
+                health=self.health,
+                ready=self.ready,
+            )
+            if serve
+            else None
         )
+
+    @property
+    def port(self) -> int:
+        """The port of /metrics, /healthz and /readyz."""
+        assert self.endpoints is not None, "a service built with serve=False has no port"
+        return self.endpoints.port
 
     # -- probes (called from the HTTP thread) -----------------------------------------------
 
     def health(self) -> tuple[bool, str]:
+        ok, text = self._health()
+        if self.card is not None and ok:
+            card_ok, card_text = self.card._health()
+            if not card_ok:
+                return False, f"card stage: {card_text}"
+        return ok, text
+
+    def _health(self) -> tuple[bool, str]:
         idle = self._clock() - self._last_turn
         if idle > self.settings.run.stall_after:
             waited = getattr(self.durable_sink, "waiting_s", 0.0)  # KafkaSink: in an outage
@@ -192,6 +243,15 @@ class Service:
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
+        ok, text = self._ready()
+        if self.card is not None and ok and self.card.source.assignment():
+            # A member beyond the cards topic's partitions holds none there: it is still ready.
+            card_ok, card_text = self.card._ready()
+            if not card_ok:
+                return False, f"card stage {card_text}"
+        return ok, text
+
+    def _ready(self) -> tuple[bool, str]:
         assigned = self.source.assignment()
         if not assigned:
             return False, "not ready: no partition assigned"
@@ -215,7 +275,8 @@ class Service:
     def run(self) -> None:
         """Score until `stop()` or the end of the source; then finish the batch in hand, commit
         and close everything."""
-        self.endpoints.start()
+        if self.endpoints is not None:
+            self.endpoints.start()
         try:
             run(
                 self.source if self.labels is None else _TakingLabels(self, self.labels),
@@ -227,13 +288,15 @@ class Service:
                 timer=time.perf_counter,
                 raw_bytes=self.settings.run.dead_letter_raw_bytes,
                 restart=self._restart,
+                handoff=self.handoff,
             )
         finally:
             self.durable_sink.close()
             self.source.close()
             if self.labels is not None:
                 self.labels.close()
-            self.endpoints.stop()
+            if self.endpoints is not None:
+                self.endpoints.stop()
             self._log_features(flush=True)
 
     def reload_model(self) -> None:
@@ -276,7 +339,7 @@ class Service:
                 log.info("no snapshot %s: rebuilding the state from the beginning", path)
                 self.metrics.snapshot_restores.labels(outcome="missing").inc()
                 return None
-            scorer, positions = loads(data, self.settings.policy, self.model)
+            scorer, positions = loads(data, self.settings.policy, self.model, self.stage)
             if set(positions) != held:
                 raise SnapshotError(f"it covers partitions {sorted(positions)}")
             ahead = {p: o for p, o in positions.items() if o > committed.get(p, 0)}
@@ -293,9 +356,14 @@ class Service:
 
     def _restart(self) -> Scorer:
         """The scorer for a new assignment: the snapshot's, or a new one."""
-        self.scorer = self._restored or Scorer(self.settings.policy, self.model)
+        self.scorer = self._restored or Scorer(self.settings.policy, self.model, stage=self.stage)
         self._restored = None
         self.metrics.rebase(self.scorer)
+        if self.card_metrics is not None:
+            self.card_metrics.rebase()
+        if self.handoff is not None:  # the markers say how many partitions must speak
+            count = getattr(self.source, "partitions", None)
+            self.handoff.sources = max(self.handoff.sources, count() if count else 0)
         self.lag = {}  # the lag of the previous assignment says nothing now
         self._last_lag_at = 0.0
         if self.labels is not None:  # every label, before the state's first events
@@ -332,7 +400,8 @@ class Service:
         if self._reloader is not None:  # before the metrics, which then show the outcome
             self._reloader.check()
         scorer, stats = self.scorer, self.stats
-        maxima = scorer.watermark.maxima
+        # A card stage's frontiers are its merchant stages' (from the markers).
+        maxima = scorer.frontiers()
         newest = max(maxima.values()) / 1e6 if maxima else None
         self.metrics.observe_scorer(
             scorer,
@@ -342,6 +411,20 @@ class Service:
             watermark_s=scorer.watermark.value / 1e6 if maxima else None,
             labels_invalid=self.labels_invalid,
         )
+        if self.handoff is not None:
+            self.metrics.observe_handoff(self.handoff.forwarded, self.handoff.markers)
+        if self.card_metrics is not None and scorer.markers is not None:
+            # At most a line a minute, never their content: it may be anything.
+            if stats.invalid > self._invalid_logged and now - self._invalid_at >= 60.0:
+                self._invalid_at = now
+                log.warning(
+                    "%d records of %s were neither a forwarded event nor a marker: skipped"
+                    " (posmon_card_records_invalid_total); is another producer writing to it?",
+                    stats.invalid - self._invalid_logged,
+                    self.settings.kafka.topic,
+                )
+                self._invalid_logged = stats.invalid
+            self.card_metrics.observe(scorer.markers.read, stats.invalid)
         stats.new_in_batch, stats.emitted_in_batch = [], []
         self._snapshot(now)
         if self._feature_log is not None:
@@ -357,5 +440,11 @@ class Service:
                 sizes=scorer.state_sizes(),
                 rebalances=self.source.rebalances,
                 watermark_delay=self._wall() - scorer.watermark.value / 1e6 if maxima else None,
-                partition_delays={p: self._wall() - t / 1e6 for p, t in maxima.items()},
+                partition_delays=(
+                    {p: self._wall() - t / 1e6 for p, t in maxima.items()}
+                    if self.card_metrics is None
+                    else None
+                ),
             )
+            if self.card_metrics is not None:
+                self.card_metrics.delays({p: self._wall() - t / 1e6 for p, t in maxima.items()})

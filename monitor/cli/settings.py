@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,6 +53,11 @@ class MetricsSettings(_Strict):
 
 
 class RunSettings(_Strict):
+    # Which stages of the scorer this process runs (docs/streaming.md, "Scale-out"): `both`
+    # (the merchant stage and the card stage, each in its own consumer group, joined by
+    # `kafka.cards_topic`: right for any number of replicas), one of them alone, or `all` (one
+    # scorer holding every event: exact only while one process reads the whole topic).
+    stage: Literal["both", "merchant", "card", "all"] = "both"
     ready_max_lag: Annotated[int, Field(ge=0)] = 10_000  # messages behind, summed over partitions
     # /healthz fails when the loop has not turned for this long.
     stall_after: Annotated[Seconds, within(DAY, positive=True)] = 60.0

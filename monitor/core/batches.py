@@ -30,7 +30,9 @@ class Batch:
     scored so far no longer matches what will be read, so the loop starts from new state (or a
     snapshot) before going on. `handed_on` gives, per partition, the offset below which every
     message was handed on before (the group's committed offset when it was assigned): their
-    dead letters are not published twice while the state is rebuilt.
+    dead letters are not published twice while the state is rebuilt (nor its events forwarded
+    again to the card stage). `held` names every partition the source holds (None: unknown, as
+    in a replay): the scale-out's markers say which of them are idle.
     """
 
     chunks: Sequence[tuple[int, Sequence[bytes]]]
@@ -40,6 +42,7 @@ class Batch:
     append_ms: Mapping[int, int] | None = None
     fresh: bool = False
     handed_on: Mapping[int, int] | None = None
+    held: Collection[int] | None = None
 
     def __len__(self) -> int:
         return sum(len(messages) for _, messages in self.chunks)

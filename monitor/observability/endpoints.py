@@ -7,10 +7,11 @@ caught up; each takes a probe returning (ok, text) so the server knows nothing o
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
 Probe = Callable[[], tuple[bool, str]]
 
@@ -61,3 +62,26 @@ class Endpoints:
 def _probe(probe: Probe) -> tuple[int, str, bytes]:
     ok, text = probe()
     return (200 if ok else 503), "text/plain; charset=utf-8", (text + "\n").encode()
+
+
+class Staged(CollectorRegistry):
+    """What one /metrics serves for two loops of one process: `main`'s series, and those of each
+    registry in `staged` with the label `stage` added, merged into the same families (a family
+    must appear once in an exposition)."""
+
+    def __init__(self, main: CollectorRegistry, staged: Mapping[str, CollectorRegistry]) -> None:
+        super().__init__()
+        self._main, self._staged = main, dict(staged)
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {f.name: f for f in self._main.collect()}
+        for stage, registry in self._staged.items():
+            for family in registry.collect():
+                into = families.get(family.name)
+                if into is None:
+                    into = Metric(family.name, family.documentation, family.type, family.unit)
+                    families[family.name] = into
+                for sample in family.samples:
+                    labels = {**sample.labels, "stage": stage}
+                    into.samples.append(sample._replace(labels=labels))
+        return families.values()

@@ -170,6 +170,18 @@ class Metrics:
             ["store"],
             registry=registry,
         )
+        # The scale-out (docs/streaming.md, "Scale-out"): what a merchant stage hands on.
+        self.forwarded = PromCounter(
+            "posmon_forwarded_events",
+            "Events the merchant stage handed to the card stage (kafka.cards_topic).",
+            registry=registry,
+        )
+        self.markers_published = PromCounter(
+            "posmon_markers_published",
+            "Watermark markers the merchant stage published (one per cards partition).",
+            registry=registry,
+        )
+        self._last_forwarded = self._last_markers = 0
         self._add_model_series(registry)
         # Series that exist from the start: Prometheus's increase() cannot see the first step
         # of a series that appears with a value, so the first ghost debit in a currency would
@@ -453,6 +465,15 @@ class Metrics:
         for partition, delay in (partition_delays or {}).items():
             self.partition_delay.labels(partition=str(partition)).set(delay)
 
+    def observe_handoff(self, forwarded: int, markers: int) -> None:
+        """A merchant stage's running totals of events forwarded and markers published."""
+        if forwarded > self._last_forwarded:
+            self.forwarded.inc(forwarded - self._last_forwarded)
+            self._last_forwarded = forwarded
+        if markers > self._last_markers:
+            self.markers_published.inc(markers - self._last_markers)
+            self._last_markers = markers
+
     def set_consumer_lag(self, lag: Mapping[int, int]) -> None:
         for partition, messages in lag.items():
             self.consumer_lag.labels(partition=str(partition)).set(messages)
@@ -482,3 +503,44 @@ def _observe_all(histogram: Histogram, values: Scores) -> None:
         if count:
             bucket.inc(count)
     histogram._sum.inc(float(values.sum()))
+
+
+class CardMetrics:
+    """A card stage's own series (beside `Metrics`, which it has too): the markers it read, how
+    far its clock is behind each events partition, and records of the cards topic it could not
+    use."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.markers = PromCounter(
+            "posmon_card_markers",
+            "Watermark markers the card stage read from kafka.cards_topic.",
+            registry=registry,
+        )
+        self.invalid = PromCounter(
+            "posmon_card_records_invalid",
+            "Records of kafka.cards_topic that are neither a forwarded event nor a marker.",
+            registry=registry,
+        )
+        self.source_delay = Gauge(
+            "posmon_card_source_delay_seconds",
+            "Wall clock minus the newest event time the card stage knows of each partition of"
+            " the events topic (from the markers).",
+            ["partition"],
+            registry=registry,
+        )
+        self._last_markers = self._last_invalid = 0
+
+    def observe(self, markers: int, invalid: int) -> None:
+        """Running totals (a new state's markers count from zero: `rebase`)."""
+        if markers > self._last_markers:
+            self.markers.inc(markers - self._last_markers)
+        if invalid > self._last_invalid:
+            self.invalid.inc(invalid - self._last_invalid)
+        self._last_markers, self._last_invalid = markers, invalid
+
+    def rebase(self) -> None:
+        self._last_markers = 0
+
+    def delays(self, delays: Mapping[int, float]) -> None:
+        for partition, delay in delays.items():
+            self.source_delay.labels(partition=str(partition)).set(delay)

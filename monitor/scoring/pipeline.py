@@ -15,6 +15,7 @@ a replay) for the sink to name its source, and a `raw` cut to `raw_bytes` (docs/
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Final, Protocol
 from monitor.core.alerts import Alert, newest
 from monitor.core.batches import Batch, Source
 from monitor.core.events import Event, Rejection, decode, refusal
+from monitor.scoring.handoff import EVENTS, MARKER, Handoff, MarkerError, Record, unframe
 from monitor.scoring.scorer import Scorer
 
 # The default bound of a dead letter's `raw` (bytes as a JSON string): a dead letter stays far
@@ -32,8 +34,14 @@ DEAD_LETTER_RAW_BYTES: Final = 64 * 1024
 
 
 class Sink(Protocol):
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
-        """Hand alerts and dead letters on durably; return only when that is done."""
+    def publish(
+        self,
+        alerts: Sequence[Alert],
+        dead_letters: Sequence[Rejection],
+        handoffs: Sequence[Record] = (),
+    ) -> None:
+        """Hand alerts, dead letters and records for the card stage (`handoff`) on durably;
+        return only when that is done."""
 
 
 @dataclass(slots=True)
@@ -48,13 +56,19 @@ class Stats:
     latest: dict[str, Alert] = field(default_factory=dict)  # detector -> its newest alert
     new_in_batch: list[Alert] = field(default_factory=list)  # new alerts of the last batch
     emitted_in_batch: list[Alert] = field(default_factory=list)  # every alert of the last batch
+    invalid: int = 0  # records of the cards topic that are neither an event nor a marker
 
 
 def score_batch(
-    batch: Batch, scorer: Scorer, stats: Stats, raw_bytes: int = DEAD_LETTER_RAW_BYTES
+    batch: Batch,
+    scorer: Scorer,
+    stats: Stats,
+    raw_bytes: int = DEAD_LETTER_RAW_BYTES,
+    handoff: Handoff | None = None,
 ) -> tuple[list[Alert], list[Rejection]]:
     """Decode and score one batch; returns the alerts it opened or grew and its dead letters
-    (in message order within each chunk)."""
+    (in message order within each chunk). A merchant stage's `handoff` gets the events the
+    card stage takes (not those handed on before: `batch.handed_on`) and the batch's marker."""
     rejected: list[Rejection] = []
     offsets = batch.offsets or {}
     for partition, messages in batch.chunks:
@@ -63,17 +77,23 @@ def score_batch(
         # rejects note their index: an event's index follows from theirs, when it is refused.
         events: list[Event] = []
         skipped: list[tuple[int, Rejection]] = []
-        for raw in messages:
+        raws: list[bytes | None] = []  # a merchant stage's: what each event was decoded from
+        new = _first_new(batch, partition) if handoff is not None else len(messages)
+        for i, raw in enumerate(messages):
             decoded = decode(raw)
             if limit is not None and type(decoded) is Event and decoded.t > limit:
                 decoded = _future(raw, decoded.t - limit, scorer)
             if type(decoded) is Event:
                 events.append(decoded)
+                if handoff is not None:
+                    raws.append(raw if i >= new else None)
             else:
                 assert isinstance(decoded, Rejection)
                 skipped.append((len(events) + len(skipped), decoded))
         scorer.use_partition(partition, batch.active)
         refused = scorer.process_many(events)
+        if handoff is not None:
+            handoff.forward(events, raws, {k for k, _, _ in refused})
         stats.messages += len(messages)
         if not skipped and not refused:
             continue
@@ -87,7 +107,57 @@ def score_batch(
             located = letter if at is None else letter._replace(partition=partition, offset=at[i])
             rejected.append(_bounded(located, raw_bytes, stats))
     scorer.advance(batch.active)
+    if handoff is not None:
+        held, active = batch.held or (), batch.active
+        handoff.mark(
+            scorer.frontiers(), [] if active is None else [p for p in held if p not in active]
+        )
     return _collect(scorer, stats), rejected
+
+
+def score_cards(
+    batch: Batch, scorer: Scorer, stats: Stats, raw_bytes: int = DEAD_LETTER_RAW_BYTES
+) -> tuple[list[Alert], list[Rejection]]:
+    """A card stage's batch of the cards topic (`monitor.scoring.handoff`): apply the forwarded
+    events, take the markers, follow the merchant stages' clock. It writes no dead letter: the
+    merchant stage wrote those of the events; a record that is neither an event nor a marker is
+    counted (`stats.invalid`)."""
+    markers = scorer.markers
+    assert markers is not None, "a card stage's scorer"
+    for partition, messages in batch.chunks:
+        events: list[Event] = []
+        for raw in messages:
+            head = raw[:1]
+            if head == EVENTS:
+                framed = unframe(raw[1:])
+                if framed is not None:
+                    for line in framed:
+                        decoded = decode(line)
+                        if type(decoded) is Event:
+                            events.append(decoded)
+                        else:
+                            stats.invalid += 1
+                    continue
+            elif head == MARKER:
+                try:
+                    markers.take(partition, raw[1:])
+                    continue
+                except MarkerError:
+                    pass
+            stats.invalid += 1
+        scorer.process_many(events)  # a conflict is the merchant stage's dead letter
+        stats.messages += len(messages)
+    frontiers, active = markers.clock(batch.held)
+    scorer.follow(frontiers, active)
+    return _collect(scorer, stats), []
+
+
+def _first_new(batch: Batch, partition: int) -> int:
+    """The index in its chunk of the first message not handed on before (a rebuild reads the
+    others again: their events were forwarded then)."""
+    floor = (batch.handed_on or {}).get(partition)
+    at = (batch.offsets or {}).get(partition)
+    return 0 if floor is None or at is None else bisect_left(at, floor)
 
 
 def _future_limit(batch: Batch, partition: int, scorer: Scorer) -> int | None:
@@ -149,6 +219,7 @@ def run(
     timer: Callable[[], float] = lambda: 0.0,
     raw_bytes: int = DEAD_LETTER_RAW_BYTES,
     restart: Callable[[], Scorer] | None = None,
+    handoff: Handoff | None = None,
 ) -> None:
     """Score until the source ends (then close the event time, as a replay does) or `stopping`.
 
@@ -157,8 +228,11 @@ def run(
     `timer` (the entry layer passes a clock; this module reads none). A dead letter's `raw` is
     cut to `raw_bytes`. A `fresh` batch (the source moved back after a new assignment) swaps in
     the scorer `restart` gives (new, or read from a snapshot); dead letters of messages below
-    `batch.handed_on` were published before and are not published again.
+    `batch.handed_on` were published before and are not published again. A merchant stage's
+    `handoff` adds the batch's records for the card stage to its publish; a card stage's scorer
+    (`stage="card"`) reads the cards topic (`score_cards`).
     """
+    score = score_cards if scorer.stage == "card" else score_batch
     while not stopping():
         batch = source.poll()
         if batch is None:
@@ -169,13 +243,19 @@ def run(
             if restart is None:
                 raise RuntimeError("the source restarted its partitions and no restart is given")
             scorer = restart()
+            if handoff is not None:
+                handoff.restart()
         started = timer()
-        alerts, rejected = score_batch(batch, scorer, stats, raw_bytes)
+        if handoff is None:
+            alerts, rejected = score(batch, scorer, stats, raw_bytes)
+        else:
+            alerts, rejected = score_batch(batch, scorer, stats, raw_bytes, handoff)
         if batch.handed_on:
             rejected = [r for r in rejected if not _handed_on(r, batch.handed_on)]
         elapsed = timer() - started
-        if alerts or rejected:
-            sink.publish(alerts, rejected)
+        records = handoff.take() if handoff is not None else ()
+        if alerts or rejected or records:
+            sink.publish(alerts, rejected, records)
         if batch.chunks:
             source.commit(batch)
         if on_batch is not None:
@@ -224,10 +304,17 @@ class MemorySink:
     def __init__(self) -> None:
         self.alerts: list[Alert] = []
         self.dead_letters: list[Rejection] = []
+        self.handoffs: list[Record] = []
 
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
+    def publish(
+        self,
+        alerts: Sequence[Alert],
+        dead_letters: Sequence[Rejection],
+        handoffs: Sequence[Record] = (),
+    ) -> None:
         self.alerts.extend(alerts)
         self.dead_letters.extend(dead_letters)
+        self.handoffs.extend(handoffs)
 
     def final_alerts(self) -> dict[str, Alert]:
         """Each alert id's newest version."""

@@ -33,6 +33,7 @@ from monitor.scoring.detectors.base import (
     Stage,
 )
 from monitor.scoring.handlers import Handler, handlers
+from monitor.scoring.handoff import Markers
 from monitor.scoring.incident import Incident
 from monitor.scoring.model import ModelSlot
 from monitor.scoring.policy import Policy
@@ -113,6 +114,8 @@ class Scorer:
         # its merchant stages' frontiers do (`follow`).
         self._solo = stage != "card"
         self._sources: dict[int, int] = {}  # a card stage's source partitions' frontiers
+        # A card stage's markers, as read from the cards topic (part of its state).
+        self.markers = Markers() if stage == "card" else None
         self.duplicates = 0
         self.late = 0
         self.labels_unused = 0  # labels given with no detector to use them (no model)
@@ -261,8 +264,9 @@ class Scorer:
 
     def frontiers(self) -> dict[int, int]:
         """The newest event time of each partition it holds (after `advance`): the markers a
-        merchant stage gives the card stage with each batch."""
-        return dict(self.watermark.maxima)
+        merchant stage gives the card stage with each batch. A card stage's: those it follows,
+        of the events partitions."""
+        return dict(self._sources if self.stage == "card" else self.watermark.maxima)
 
     def follow(
         self,
@@ -317,8 +321,12 @@ class Scorer:
 
     def close(self) -> None:
         """End of input: the watermark moves to the newest event time of the frontier (not to an
-        event ahead of it); due decisions are taken."""
-        self.advance(closing=True)
+        event ahead of it; a card stage's: the newest its merchant stages gave); due decisions
+        are taken."""
+        if self.stage == "card":
+            self.follow({}, closing=True)
+        else:
+            self.advance(closing=True)
 
     def take_alerts(self) -> tuple[list[Alert], list[Alert]]:
         """The incidents opened or grown since the last call, as alerts (newest version only),

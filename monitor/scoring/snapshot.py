@@ -91,10 +91,10 @@ def _features(model: ModelSlot | None) -> str | None:
 
 
 def loads(
-    data: bytes, policy: Policy, model: ModelSlot | None = None
+    data: bytes, policy: Policy, model: ModelSlot | None = None, stage: str = "all"
 ) -> tuple[Scorer, dict[int, int]]:
     """The scorer a snapshot holds and the positions it covers, given the `model` slot it is to
-    use; raises `SnapshotError`."""
+    use and the `stage` it is to run; raises `SnapshotError`."""
     header = read_header(data)
     if header.get("policy") != policy_digest(policy):
         raise SnapshotError("written under another policy")
@@ -111,6 +111,8 @@ def loads(
         raise SnapshotError(f"unreadable state: {exc!r}") from exc
     if not isinstance(scorer, Scorer):
         raise SnapshotError("the snapshot holds no scorer")
+    if scorer.stage != stage:
+        raise SnapshotError(f"written by a {scorer.stage!r} stage, not {stage!r}")
     scorer.rewire(model)
     return scorer, positions
 

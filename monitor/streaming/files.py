@@ -219,7 +219,13 @@ class JsonlSink:
         self._files.append(atomic)
         return atomic.file
 
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
+    def publish(
+        self,
+        alerts: Sequence[Alert],
+        dead_letters: Sequence[Rejection],
+        handoffs: Sequence[object] = (),
+    ) -> None:
+        """`handoffs` (a merchant stage's records for the card stage) have no place in files."""
         if alerts:
             self._alerts.writelines(alert.model_dump_json() + "\n" for alert in alerts)
             self._alerts.flush()

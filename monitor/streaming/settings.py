@@ -39,6 +39,15 @@ class KafkaSettings(BaseModel):
     # The risk team's verdicts (`posmon label`), read whole by every `posmon run` without a
     # group (docs/streaming.md, "Labels"); empty or null: no labels are read.
     labels_topic: str | None = "posmon.labels"
+    # The scale-out's internal topic (docs/streaming.md, "Scale-out"; None: `<group>.cards`,
+    # one per group, as Kafka Streams names its repartition topics): the merchant stage hands
+    # the card stage its events there, keyed by card, with watermark markers; the card stage
+    # reads it in a group of its own (None: `<group>-cards`). Partitions when posmon creates
+    # it (None: 1 with the anomaly model, whose terminal and merchant features need every
+    # request in one card member; 6 without).
+    cards_topic: str | None = None
+    cards_group: str | None = None
+    cards_partitions: Annotated[int, Field(gt=0, le=10_000)] | None = None
     client_id: str = "posmon"
     session_timeout_ms: PositiveMs = 10_000
     heartbeat_interval_ms: PositiveMs = 3_000
@@ -68,6 +77,16 @@ class KafkaSettings(BaseModel):
     def _no_labels(cls, value: object) -> object:
         """An empty name (`POSMON_KAFKA__LABELS_TOPIC=`) turns the labels off, as null does."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def cards_topic_name(self) -> str:
+        """The card stage's topic."""
+        return self.cards_topic or f"{self.group}.cards"
+
+    @property
+    def cards_group_id(self) -> str:
+        """The card stage's consumer group."""
+        return self.cards_group or f"{self.group}-cards"
 
     @model_validator(mode="after")
     def _consistent(self) -> KafkaSettings:

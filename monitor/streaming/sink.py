@@ -39,7 +39,8 @@ _STOP_GRACE_S = 0.25
 # `request_timeout_ms` (22 s measured after SIGTERM in a blackhole): not worth waiting for.
 _CLOSE_TIMEOUT_S = 0.25
 
-Outgoing = tuple[str, bytes | None, bytes | None]  # topic, key, value (None: a tombstone)
+# topic, key, value (None: a tombstone), partition (None: the producer's partitioner picks)
+Outgoing = tuple[str, bytes | None, bytes | None, int | None]
 
 
 class KafkaSink:
@@ -66,17 +67,28 @@ class KafkaSink:
         self.alerts_topic = settings.alerts_topic
         self.source_topic = settings.topic
         self.dlq_topic = dlq_topic or f"{settings.topic}.dlq"
+        self.cards_topic = settings.cards_topic_name
         self._producer = _Producer(settings, stop)
 
-    def publish(self, alerts: Sequence[Alert], dead_letters: Sequence[Rejection]) -> None:
-        if not alerts and not dead_letters:
+    def publish(
+        self,
+        alerts: Sequence[Alert],
+        dead_letters: Sequence[Rejection],
+        handoffs: Sequence[tuple[int, bytes | None, bytes]] = (),
+    ) -> None:
+        """The batch's alerts, dead letters and a merchant stage's records for the card stage
+        (`kafka.cards_topic`, each on the partition it names), in that order."""
+        if not alerts and not dead_letters and not handoffs:
             return
         records: list[Outgoing] = [
-            (self.alerts_topic, a.alert_id.encode(), a.model_dump_json().encode()) for a in alerts
+            (self.alerts_topic, a.alert_id.encode(), a.model_dump_json().encode(), None)
+            for a in alerts
         ]
         for r in dead_letters:
             key, letter = kafka_dead_letter(self.source_topic, r)
-            records.append((self.dlq_topic, key, json.dumps(letter).encode()))
+            records.append((self.dlq_topic, key, json.dumps(letter).encode(), None))
+        cards = self.cards_topic
+        records.extend((cards, key, value, partition) for partition, key, value in handoffs)
         self._producer.deliver(records)
 
     @property
@@ -122,6 +134,7 @@ class KafkaOutbox:
                     self.ledger_topic,
                     f"{r['alert_id']}/{r['channel']}".encode(),
                     json.dumps(r).encode(),
+                    None,
                 )
                 for r in records
             ]
@@ -131,13 +144,15 @@ class KafkaOutbox:
         """Tombstones for ledger entries past their retention (compaction drops them)."""
         self._producer.deliver(
             [
-                (self.ledger_topic, f"{alert_id}/{channel}".encode(), None)
+                (self.ledger_topic, f"{alert_id}/{channel}".encode(), None, None)
                 for alert_id, channel in keys
             ]
         )
 
     def park(self, parked: Sequence[dict[str, object]]) -> None:
-        self._producer.deliver([(self.dlq_topic, None, json.dumps(p).encode()) for p in parked])
+        self._producer.deliver(
+            [(self.dlq_topic, None, json.dumps(p).encode(), None) for p in parked]
+        )
 
     def close(self) -> None:
         self._producer.close()
@@ -190,8 +205,10 @@ class _Producer:
         buffer full) leaves the rest unsent."""
         futures = []
         try:
-            for topic, key, value in pending:
-                futures.append(self._producer.send(topic, key=key, value=value))
+            for topic, key, value, partition in pending:
+                futures.append(
+                    self._producer.send(topic, key=key, value=value, partition=partition)
+                )
         except KafkaError as exc:
             if not _retriable(exc):
                 raise DeliveryFailed(f"the broker refused a record: {exc}") from exc

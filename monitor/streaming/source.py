@@ -195,6 +195,10 @@ class KafkaSource:
         if held and self._settings.rebuild == "beginning":
             self._consumer.seek_to_beginning(*self._partitions(held))
 
+    def partitions(self) -> int:
+        """How many partitions the topic has, as the consumer's metadata says (0: not known)."""
+        return len(self._consumer.partitions_for_topic(self._settings.topic) or ())
+
     def _partitions(self, partitions: Iterable[int]) -> list[TopicPartition]:
         return [TopicPartition(self._settings.topic, p) for p in sorted(partitions)]
 
@@ -230,6 +234,7 @@ class KafkaSource:
             offsets,
             append_ms,
             handed_on=handed_on,
+            held=held,
         )
 
     def _restart(self, held: frozenset[int], now: float) -> Batch:
@@ -250,7 +255,8 @@ class KafkaSource:
         if start is not None:
             for tp in self._partitions(held):
                 self._consumer.seek(tp, start[tp.partition])
-        else:  # flagged by the rebalance already; again, in case a snapshot was refused late
+        elif held:  # flagged by the rebalance already; again, in case a snapshot was refused late
+            # (never with none held: kafka-python reads no partitions as all of them)
             self._consumer.seek_to_beginning(*self._partitions(held))
         begin = start or {}
         self._committed = committed

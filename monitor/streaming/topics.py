@@ -88,6 +88,15 @@ def read_topic(settings: KafkaSettings, topic: str, *, timeout_s: float = 10.0) 
     return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
+def partition_count(settings: KafkaSettings, topic: str, *, timeout_s: float = 10.0) -> int:
+    """How many partitions `topic` has; raises `TimeoutError` when it is not found in time."""
+    consumer = KafkaConsumer(**(client_config(settings, "consumer") | {"group_id": None}))
+    try:
+        return len(_wait_for_partitions(consumer, topic, time.monotonic() + timeout_s))
+    finally:
+        consumer.close(autocommit=False)
+
+
 def committed_offsets(settings: KafkaSettings, *, timeout_s: float = 10.0) -> dict[int, int]:
     """The offsets `settings.group` committed on `settings.topic`, read without joining the group
     (partitions without a commit are left out)."""

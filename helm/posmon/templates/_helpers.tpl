@@ -118,3 +118,12 @@ httpGet:
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
+
+{{/* The scale-out's internal topic and the card stage's group, as posmon derives them. */}}
+{{- define "posmon.cardsTopic" -}}
+{{- .Values.config.kafka.cards_topic | default (printf "%s.cards" (.Values.config.kafka.group | default "posmon")) -}}
+{{- end -}}
+
+{{- define "posmon.cardsGroup" -}}
+{{- .Values.config.kafka.cards_group | default (printf "%s-cards" (.Values.config.kafka.group | default "posmon")) -}}
+{{- end -}}
