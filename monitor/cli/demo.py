@@ -84,6 +84,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
             idle_partition_s=2.0,
+            labels_topic=None,  # no verdicts in the demo: nothing to read at start or stop
         )
         ensure_topics(kafka, {TOPIC: PARTITIONS, f"{TOPIC}.dlq": 1, kafka.alerts_topic: 3})
         # Event time runs about a day per demo minute, ahead of the broker's clock: the demo
@@ -146,9 +147,10 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         finally:
             producer.stop()
             service.stop()  # and the card stage: one stop event
-            loop.join(timeout=30)
-            if carding is not None:
-                carding.join(timeout=30)
+            until = time.monotonic() + 30  # both loops stop together, within one wait
+            for thread in (loop, carding):
+                if thread is not None:
+                    thread.join(timeout=max(0.0, until - time.monotonic()))
             producer.join(timeout=10)
             file_sink.close()
             paging_stop.wait(_GROUP_INTERVAL_S + 1)  # the last groups go out
