@@ -313,9 +313,9 @@ class KafkaSource:
             p = tp.partition
             try:
                 position = self._consumer.position(tp, timeout_ms=0)  # known: no I/O
-            except KafkaError:
-                position = None
-            highwater = self._consumer.highwater(tp)
+                highwater = self._consumer.highwater(tp)
+            except KafkaError:  # revoked by a rebalance during this poll: the next one restarts
+                position = highwater = None
             if position is not None and highwater is not None:
                 lag[p] = max(highwater - position, 0)
             if position is not None and position >= self._rebuild_until.get(p, 0):
